@@ -1,0 +1,54 @@
+"""OPSD: on-policy self-distillation alone, no RL term (SPEC §4).
+
+    Δ_t = teach_t − sg(logp_t)
+    g_t = sg(σ(β·Δ_t))
+    L   = λ·Agg(g_t·(teach_t − logp_t)) + c_kl·Agg(kl) − c_ent·Agg(H)
+
+The rewards and advantages play no part in the loss: the student is pulled only towards the
+tokens the skill-aware teacher endorses. Gate and defaults (λ 0.01, β 5) as released.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdar_bench.objectives import (
+    TeacherParams,
+    approx_kl,
+    gap_metrics,
+    kl_entropy_terms,
+    teacher_gap,
+)
+from sdar_bench.registry import Method
+from sdar_bench.token_view import TokenView, agg
+
+
+class OPSD(Method):
+    """Gated sampled-token distillation towards the skill-aware teacher, without a pg term."""
+
+    class Params(TeacherParams):
+        coef: float = 0.01
+        """λ, weight of the distillation term (SPEC default 0.01)."""
+        beta: float = 5.0
+        """β, sharpness of the gate σ(β·Δ) (SPEC default 5, as released)."""
+
+    name = "opsd"
+    label = "OPSD"
+    description = "On-policy self-distillation towards the skill-aware teacher, no RL term."
+    trains = True
+    needs_teacher = True
+    student_sees_skills = False
+    eval_skill_modes = (False,)
+
+    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+        p = self.params
+        assert view.logp is not None and view.teacher_logp is not None
+        delta = teacher_gap(view)  # [B, T], no grad
+        gate = torch.sigmoid(p.beta * delta)  # [B, T], no grad (Δ is detached)
+        aux = agg(gate * (view.teacher_logp - view.logp), view.mask)
+        reg, metrics = kl_entropy_terms(view, p)
+
+        metrics |= {"loss/pg": 0.0, "loss/aux": aux.item(), **gap_metrics(delta, gate, view.mask)}
+        if view.old_logp is not None:
+            metrics["ppo/approx_kl"] = approx_kl(view.logp, view.old_logp, view.mask)
+        return p.coef * aux + reg, metrics

@@ -1,0 +1,121 @@
+"""The ``sdar-bench`` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Compare agentic RL methods (GRPO, OPSD hybrids, SDAR, …) on ALFWorld-style envs, reproducibly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    """A user mistake: one line on stderr, exit code 2, no traceback."""
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    suite_file: Annotated[Path, typer.Argument(help="Suite YAML, e.g. suites/quickstart.yaml.")],
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
+    ] = None,
+) -> None:
+    """Run every unfinished run of a suite, then print and write its comparison table."""
+    from sdar_bench.config import SpecError, load_suite
+    from sdar_bench.policy import ModelNotFound
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        suite = load_suite(suite_file)
+    except SpecError as exc:
+        _fail(str(exc))
+    out = results or Path("results") / suite.name
+    from sdar_bench.suite import run_suite
+
+    try:
+        run_suite(suite, out, console)
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    _print_report(out)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
+) -> None:
+    """Rebuild table.md / table.csv from a results directory and print the tables."""
+    if not (results_dir / "runs").is_dir():
+        _fail(f"{results_dir}: no runs/ folder here; pass the directory `sdar-bench run` wrote")
+    _print_report(results_dir)
+
+
+def _print_report(results_dir: Path) -> None:
+    from sdar_bench.report.table import format_cell, metric_columns, write_report
+
+    tables = write_report(results_dir)
+    if not tables:
+        console.print("no finished runs yet")
+        return
+    for which, title in (("final", "final step"), ("best", "best step")):
+        frame = tables[which]
+        columns = [c for c in frame.columns if "/" in c]
+        columns = [c for c in metric_columns(frame) if c in columns]
+        table = Table(title=f"success % on the eval panel, {title} (mean ± 95% CI over seeds)")
+        for head in ["env", "method", "seeds", *(c.split("/", 1)[1] for c in columns)]:
+            table.add_column(head, justify="left" if head in ("env", "method") else "right")
+        for _, row in frame.iterrows():
+            table.add_row(
+                str(row["env"]), str(row["label"]), str(row["seeds"]),
+                *(format_cell(row.get(c)) for c in columns),
+            )  # fmt: skip
+        console.print(table)
+    console.print(f"tables written to {results_dir}/table.md and table.csv")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods with their defaults and a one-line description."""
+    from sdar_bench.registry import get_method_class, method_names
+
+    table = Table(title="methods (entry-point group sdar_bench.methods)")
+    for head in ("name", "row", "trains", "teacher", "parameters (defaults)", "description"):
+        table.add_column(head)
+    for name in method_names():
+        cls = get_method_class(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
+        table.add_row(
+            name, cls.label, "yes" if cls.trains else "no", "yes" if cls.needs_teacher else "no",
+            defaults if cls.trains else "–", cls.description,
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def envs() -> None:
+    """List the environments, their task types and default settings."""
+    from sdar_bench.envs import ENVS
+
+    table = Table(title="environments")
+    for head in ("name", "engine", "task types", "defaults", "description"):
+        table.add_column(head)
+    for name, cls in sorted(ENVS.items()):
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
+        table.add_row(name, "offline", ", ".join(cls.task_types), defaults, cls.description)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,19 @@
+"""Environment registry: name → Env class (offline engine or real adapter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdar_bench.envs.alfworld import AlfworldEnv
+from sdar_bench.envs.base import Env, Game, Observation, Task
+
+ENVS: dict[str, type[Env]] = {"alfworld": AlfworldEnv}
+
+
+def make_env(name: str, **params: Any) -> Env:
+    if name not in ENVS:
+        raise KeyError(f"unknown env {name!r}; known: {', '.join(sorted(ENVS))}")
+    return ENVS[name](**params)
+
+
+__all__ = ["ENVS", "Env", "Game", "Observation", "Task", "make_env"]

@@ -1,0 +1,121 @@
+"""The reactive expert: the next command from any state, plus a short reason for it.
+
+Like ALFWorld's hand-coded expert it knows where every object is. It recomputes its subgoal
+from the state on every call, so it recovers from any detour: a wrong object in hand is put
+down, a closed container is opened, a transformed-then-misplaced object is fetched again.
+Every command it returns is admissible in the state it was computed from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdar_bench.envs.alfworld.world import (
+    APPLIANCE_OF,
+    LAMP,
+    VERB_OF,
+    World,
+    kind,
+    name_key,
+)
+
+# The expert's reasons; ``vocabulary`` reads their words from here.
+THOUGHT_TEMPLATES: tuple[str, ...] = (
+    "find the {o}",
+    "find another {o}",
+    "take the {o}",
+    "heat the {o}",
+    "cool the {o}",
+    "clean the {o}",
+    "put it in {r}",
+    "put down the {o}",
+    "go to the desklamp",
+    "turn on the desklamp",
+    "work toward the goal",
+)
+FALLBACK_THOUGHT = "work toward the goal"
+
+
+@dataclass(frozen=True)
+class ExpertStep:
+    """One expert decision: the command and its 2–5 word reason."""
+
+    action: str
+    thought: str
+
+
+def plan(world: World) -> ExpertStep | None:
+    """The expert's next step, or None once the goal holds."""
+    if world.won():
+        return None
+    goal = world.goal
+    if world.held is not None and kind(world.held) != goal.obj_type:
+        return _put_down(world, world.held)
+    if goal.task_type == "look":
+        return _light_up(world) if world.held is not None else _fetch(world)
+    return _deliver(world, world.held) if world.held is not None else _fetch(world)
+
+
+def _reach(world: World, recep: str, thought: str) -> ExpertStep | None:
+    """Go to ``recep`` and open it if needed; None once standing at it with it open."""
+    if world.location != recep:
+        return ExpertStep(f"go to {recep}", thought)
+    if world.is_closed(recep):
+        return ExpertStep(f"open {recep}", thought)
+    return None
+
+
+def _put_down(world: World, obj: str) -> ExpertStep:
+    """Drop a useless object where we stand (the first open surface if we stand nowhere)."""
+    thought = f"put down the {kind(obj)}"
+    here = world.location
+    if here is None:
+        here = next(r for r in world.receptacles if not world.is_closed(r))
+    return _reach(world, here, thought) or ExpertStep(f"move {obj} to {here}", thought)
+
+
+def _fetch(world: World) -> ExpertStep:
+    """Walk to the most convenient goal object not yet in place, open its container, take it."""
+    goal = world.goal
+    candidates = [o for o in world.objects_of(goal.obj_type) if not world.counts_for_goal(o)]
+    # Prefer an object already transformed, then one right here: fewer steps to the goal.
+    obj = min(
+        candidates,
+        key=lambda o: (not world.has_condition(o), world.where(o) != world.location, name_key(o)),
+    )
+    recep = world.where(obj)
+    assert recep is not None  # held objects are handled before fetching
+    placed = len(world.objects_of(goal.obj_type)) - len(candidates)
+    find = f"find another {goal.obj_type}" if placed else f"find the {goal.obj_type}"
+    return _reach(world, recep, find) or ExpertStep(
+        f"take {obj} from {recep}", f"take the {goal.obj_type}"
+    )
+
+
+def _deliver(world: World, obj: str) -> ExpertStep:
+    """Transform the held goal object if the goal asks for it, then put it in a goal receptacle."""
+    goal = world.goal
+    if not world.has_condition(obj):
+        assert goal.condition is not None
+        appliance, verb = APPLIANCE_OF[goal.condition], VERB_OF[goal.condition]
+        thought = f"{verb} the {goal.obj_type}"
+        if world.location != appliance:
+            return ExpertStep(f"go to {appliance}", thought)
+        return ExpertStep(f"{verb} {obj} with {appliance}", thought)
+    target = _goal_receptacle(world)
+    thought = f"put it in {goal.recep_type}"
+    return _reach(world, target, thought) or ExpertStep(f"move {obj} to {target}", thought)
+
+
+def _goal_receptacle(world: World) -> str:
+    """The goal receptacle to use: the one we stand at, else an open one, else the first."""
+    options = [r for r in world.receptacles if kind(r) == world.goal.recep_type]
+    return min(options, key=lambda r: (r != world.location, world.is_closed(r), name_key(r)))
+
+
+def _light_up(world: World) -> ExpertStep:
+    """Holding the object to look at: go to the desklamp and switch it on."""
+    host = world.scene.lamp_host
+    if world.location != host:
+        return ExpertStep(f"go to {host}", "go to the desklamp")
+    return ExpertStep(f"use {LAMP}", "turn on the desklamp")

@@ -1,0 +1,219 @@
+"""The pieces every method's loss is built from (SPEC §2 and the Δ / gate diagnostics of §4).
+
+Each function does one thing and comments its tensor shapes. ``[N]`` is one entry per turn
+sample, ``[B, T]`` is per response token of a mini-batch (see ``sdar_bench.token_view``).
+``Agg`` is the token-mean ``sdar_bench.token_view.agg`` over the whole mini-batch.
+
+The shared parameter classes live here too, so that the trainer (which reads ``teacher``,
+``ema_decay`` and ``retrieval``) never has to import the ``methods`` package:
+
+* ``SkillParams``: methods that retrieve skills at all (``retrieval``);
+* ``TeacherParams``: methods with a teacher branch (adds ``teacher`` and ``ema_decay``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from sdar_bench.registry import MethodParams
+from sdar_bench.token_view import TokenView, agg
+
+STD_EPS = 1e-6
+"""Added to the group std in the advantage denominator (SPEC §2)."""
+KL_CLAMP = 10.0
+"""The k3 KL estimate is clamped to [−KL_CLAMP, KL_CLAMP] (SPEC §2)."""
+LOG_RATIO_CLAMP = 20.0
+"""Log-ratios are clamped to ±20 before ``exp`` (as verl does) so padding or outliers never
+overflow to inf, whose 0·inf would turn the masked token-mean into NaN."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class SkillParams(MethodParams):
+    """Knobs of methods that put a skill block in some prompt (student's or teacher's)."""
+
+    retrieval: str = "keyword"
+    """Skill retrieval mode (SPEC §3): keyword (default), full, random, ucb, embedding. Read by
+    the trainer; kept on the method so a suite can sweep it like any other method parameter."""
+
+
+class TeacherParams(SkillParams):
+    """Knobs of methods with a teacher branch (SPEC §3)."""
+
+    teacher: Literal["live", "frozen", "ema"] = "live"
+    """Whose weights score the skill-augmented prompt: live = the rollout weights θ_old (as
+    released), frozen = the initial weights, ema = an exponential moving average [choice]."""
+    ema_decay: float = 0.99
+    """Decay of the EMA teacher (used only when teacher == "ema") [choice]."""
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """GRPO advantage (SPEC §2): ``A = (r − mean_group) / (std_group + 1e-6)``.
+
+    ``rewards`` [N] holds one reward per turn sample and ``group_ids`` [N] the task group it
+    belongs to; every turn sample of every episode of the group counts (long episodes weigh more).
+
+    The std is the **unbiased** (sample, n − 1) std, torch.std's default and what verl's GRPO
+    uses. A group with a single sample has no spread: its advantage is 0.
+    """
+    rewards = rewards.detach()  # [N]
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N] group index 0..K-1
+    k = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    count = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, torch.ones_like(rewards))
+    total = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    mean = total / count  # [K]
+    centred = rewards - mean[inverse]  # [N]
+    sq = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, centred**2)
+    # n − 1 in the denominator; for n = 1 the centred reward is 0 anyway, so std 0 gives A = 0.
+    std = (sq / (count - 1).clamp(min=1.0)).sqrt()  # [K]
+    return centred / (std[inverse] + STD_EPS)  # [N]
+
+
+# --------------------------------------------------------------------------- per-token terms
+
+
+def ppo_dual_clip(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    clip_eps: float,
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO surrogate with dual clip (SPEC §2), per token.
+
+    ``pg = max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε))``, then where A < 0 ``pg = min(pg, −A·c)``.
+
+    Returns ``pg`` [B, T] and ``clipped`` [B, T] (bool): tokens where the ε-clip branch is the
+    active one (verl's ``pg_clipfrac``); the dual-clip cap is not counted in it.
+    """
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    unclipped = -adv * ratio  # [B, T]
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)  # [B, T]
+    pg = torch.maximum(unclipped, clipped)  # [B, T] pessimistic bound
+    # Dual clip: for A < 0 a huge ratio would make −A·ratio unbounded; cap it at −A·c.
+    pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)  # [B, T]
+    return pg, clipped > unclipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 estimator of KL(π_θ ‖ π_ref) on sampled tokens, clamped to [−10, 10] (SPEC §2).
+
+    ``kl = exp(ref − logp) − (ref − logp) − 1`` [B, T].
+    """
+    d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    return (torch.exp(d) - d - 1.0).clamp(-KL_CLAMP, KL_CLAMP)  # [B, T]
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """``ppo/approx_kl``: the k3 estimate of KL(π_old ‖ π_θ) on the rollout's tokens.
+
+    ``Agg(exp(logp − old) − (logp − old) − 1)``; non-negative per token, unlike the plain
+    ``Agg(old − logp)`` which can go negative on a mini-batch [choice].
+    """
+    with torch.no_grad():
+        d = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+        return agg(torch.exp(d) - d - 1.0, mask).item()
+
+
+# --------------------------------------------------------------------------- the GRPO objective
+
+
+def grpo_objective(view: TokenView, params: MethodParams) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_GRPO = Agg(pg) + c_kl·Agg(kl) − c_ent·Agg(H)`` (SPEC §2) on the view's advantages.
+
+    The KL term is 0 when ``view.ref_logp`` is None or ``c_kl == 0``; the entropy term is 0 when
+    ``view.entropy`` is None. Metrics: ``loss/pg``, ``loss/kl``, ``entropy/mean``,
+    ``ppo/clipfrac``, ``ppo/approx_kl`` (python floats).
+    """
+    assert view.logp is not None and view.old_logp is not None and view.advantages is not None
+    m = view.mask  # [B, T]
+    pg, clipped = ppo_dual_clip(
+        view.logp, view.old_logp, view.advantages, params.clip_eps, params.dual_clip
+    )  # [B, T], [B, T]
+    pg_loss = agg(pg, m)
+    reg_loss, reg_metrics = kl_entropy_terms(view, params)
+
+    metrics = {
+        "loss/pg": pg_loss.item(),
+        **reg_metrics,
+        "ppo/clipfrac": agg(clipped.float(), m).item(),
+        "ppo/approx_kl": approx_kl(view.logp, view.old_logp, m),
+    }
+    return pg_loss + reg_loss, metrics
+
+
+def kl_entropy_terms(
+    view: TokenView, params: MethodParams
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The regularisers shared by every trained method: ``c_kl·Agg(kl) − c_ent·Agg(H)``.
+
+    The KL term is 0 when ``view.ref_logp`` is None or ``c_kl == 0``; the entropy term is 0 when
+    ``view.entropy`` is None. Metrics: ``loss/kl`` (Agg(kl), unweighted) and ``entropy/mean``.
+    """
+    assert view.logp is not None
+    m = view.mask  # [B, T]
+    zero = view.logp.new_zeros(())
+    kl_loss, ent_mean = zero, zero
+    if view.ref_logp is not None and params.c_kl != 0:
+        kl_loss = agg(kl_k3(view.logp, view.ref_logp), m)
+    if view.entropy is not None:
+        ent_mean = agg(view.entropy, m)
+    # The entropy enters as a bonus: higher entropy lowers the loss.
+    loss = params.c_kl * kl_loss - params.c_ent * ent_mean
+    return loss, {"loss/kl": kl_loss.item(), "entropy/mean": ent_mean.item()}
+
+
+# --------------------------------------------------------------------------- teacher gap / gates
+
+
+def teacher_gap(view: TokenView) -> torch.Tensor:
+    """Δ_t = teach_t − sg(logp_t) [B, T] (SPEC §4): > 0 where the skill-aware teacher endorses
+    the student's sampled token more than the student does. Carries no gradient."""
+    if view.teacher_logp is None or view.logp is None:
+        raise ValueError("teacher_gap needs view.teacher_logp and view.logp (needs_teacher=True)")
+    return (view.teacher_logp - view.logp).detach()  # [B, T]
+
+
+def gap_metrics(
+    delta: torch.Tensor, gate: torch.Tensor | None, mask: torch.Tensor
+) -> dict[str, float]:
+    """Diagnostics of the gap Δ [B, T] and the gate g [B, T] over response tokens (SPEC §4).
+
+    ``gap/std`` is the population std over the mini-batch's response tokens. With ``gate`` None
+    (a method without a gate) only the ``gap/*`` entries are returned.
+    """
+    with torch.no_grad():
+        delta = delta.detach()
+        mean = agg(delta, mask)
+        out = {
+            "gap/mean": mean.item(),
+            "gap/std": agg((delta - mean) ** 2, mask).sqrt().item(),
+            "gap/positive_ratio": agg((delta > 0).float(), mask).item(),
+        }
+        if gate is not None:
+            gate = gate.detach().expand_as(delta)  # [B, T]; a constant gate broadcasts
+            out["gate/mean"] = agg(gate, mask).item()
+            out["gate/active_ratio"] = agg((gate > 0.5).float(), mask).item()
+    return out
+
+
+def normalised_entropy(view: TokenView) -> torch.Tensor:
+    """h_t = H_t / log|V| in [0, 1] [B, T], detached; for the entropy-based gates (SPEC §4)."""
+    if view.entropy is None:
+        raise ValueError("this gate needs view.entropy")
+    if view.vocab_size < 2:
+        raise ValueError(
+            f"this gate normalises the entropy by log|V| but view.vocab_size is {view.vocab_size}; "
+            "the trainer must set TokenView.vocab_size"
+        )
+    return view.entropy.detach() / math.log(view.vocab_size)  # [B, T]

@@ -1,0 +1,132 @@
+"""The method registry and the one contract every method follows.
+
+A method is a class with a ``Params`` model (its knobs, with SPEC's defaults), three class-level
+answers to the trainer's questions (``trains``, ``needs_teacher``, ``student_sees_skills``), an
+``advantages`` hook (GRPO's group normalisation unless the method reshapes it) and ``loss`` on
+one mini-batch. Methods are discovered through the entry-point group ``sdar_bench.methods``, so a
+third-party package can add one without touching this repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sdar_bench.token_view import TokenView
+
+ENTRY_POINT_GROUP = "sdar_bench.methods"
+
+
+class MethodParams(BaseModel):
+    """Knobs every training method shares (SPEC §2). Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip_eps: float = 0.2
+    """PPO clip range ε: the ratio is clipped to [1−ε, 1+ε]."""
+    dual_clip: float = 3.0
+    """Dual-clip constant c: for A < 0 the surrogate is capped at −A·c."""
+    c_kl: float = 0.01
+    """Weight of the k3 KL to the reference policy (SPEC uses 0.001 on Search-QA)."""
+    c_ent: float = 0.001
+    """Entropy bonus weight (subtracted from the loss)."""
+
+
+class Method:
+    """Base class of every method. Subclasses set the class attributes and override ``loss``."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    """Row name in the paper's Table 1 (``*`` is appended for rows evaluated with skills)."""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    trains: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = False
+    student_sees_skills: ClassVar[bool] = False
+    eval_skill_modes: ClassVar[tuple[bool, ...]] = (False,)
+    """Evaluate without skills (False), with skills (True), or both (Skill-GRPO / Skill-GRPO*)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+
+    def advantages(
+        self, view: TokenView, rewards: torch.Tensor, group_ids: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """Per-token advantages ``[B, T]``; GRPO's group-normalised reward by default."""
+        from sdar_bench.objectives import group_advantages
+
+        return group_advantages(rewards, group_ids)[:, None] * view.mask  # [B, T]
+
+    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError(f"method {self.name!r} does not train")
+
+    @classmethod
+    def row_label(cls, with_skills: bool) -> str:
+        return cls.label + ("*" if with_skills else "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+_LOADED = False
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Register a method class under ``name``; refuses a second class under the same name."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"method {name!r} is already registered by {existing.__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_entry_points() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        register_method(ep.name)(cls)
+    _LOADED = True
+
+
+def method_names() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def get_method(name: str, **params: Any) -> Method:
+    """Instantiate a registered method with its parameters validated against ``Params``."""
+    return get_method_class(name)(**params)
+
+
+def param_error(name: str, params: dict[str, Any]) -> str | None:
+    """A one-line description of what is wrong with ``params`` for method ``name``, or None."""
+    try:
+        get_method_class(name).Params(**params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        allowed = ", ".join(get_method_class(name).Params.model_fields)
+        if err["type"] == "extra_forbidden":
+            return f"unknown parameter {field!r} (allowed: {allowed})"
+        return f"parameter {field!r}: {err['msg']}"
+    return None

@@ -1,0 +1,106 @@
+"""Multi-turn rollout: G copies of each task played in lock-step, one ``generate`` per turn.
+
+Every turn is a training sample (SPEC §1): its prompt is rebuilt from the task, the last
+``history_length`` (observation, action) pairs and the current observation, so samples are
+independent of each other and of how many episodes were batched together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sdar_bench.envs.base import Env, Game, Observation, Task
+from sdar_bench.policy import Policy
+from sdar_bench.policy.backend import RolloutBackend
+from sdar_bench.skills import SkillRetriever
+
+INVALID_ACTION_TEXT = "invalid"  # what the history shows for a turn whose output did not parse
+
+
+@dataclass
+class Turn:
+    index: int  # turn number within the episode, from 0
+    prompt: str  # the env prompt, without any skill block
+    prompt_ids: list[int]  # what the policy saw (with the skill block if the student sees skills)
+    response_ids: list[int]
+    response_text: str
+    action: str | None  # the parsed action; None for an invalid turn
+    expert_action: str | None  # the expert's action in that state, where the engine knows it
+
+
+@dataclass
+class Episode:
+    task: Task
+    group: int  # index of the task in the batch: the GRPO group
+    turns: list[Turn] = field(default_factory=list)
+    score: float = 0.0  # the env's own score in [0, 1]
+    reward: float = 0.0  # the episode reward R given to every turn (SPEC §1)
+
+    @property
+    def won(self) -> bool:
+        return self.score >= 1.0
+
+
+@dataclass
+class _Live:
+    episode: Episode
+    game: Game
+    observation: Observation
+    history: list[tuple[str, str]] = field(default_factory=list)
+    skill_text: str | None = None
+
+
+def collect(
+    policy: Policy,
+    backend: RolloutBackend,
+    env: Env,
+    tasks: Sequence[Task],
+    group_size: int,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    skills: SkillRetriever | None = None,
+    on_turn: Callable[[int, int], None] | None = None,
+) -> list[Episode]:
+    """Play ``group_size`` copies of every task; the student prompt carries skills iff ``skills``.
+
+    ``on_turn(turn, live_episodes)`` is called once per turn (progress display).
+    """
+    states: list[_Live] = []
+    for group, task in enumerate(tasks):
+        skill_text = skills.retrieve(task) if skills is not None else None
+        for _ in range(group_size):
+            game = env.new_game(task)
+            states.append(_Live(Episode(task, group), game, game.reset(), skill_text=skill_text))
+
+    history_length = env.params.history_length
+    for turn in range(env.params.max_turns):
+        live = [s for s in states if not s.observation.done]
+        if not live:
+            break
+        if on_turn is not None:
+            on_turn(turn, len(live))
+        prompts = [
+            env.render_prompt(
+                s.episode.task, s.history[len(s.history) - history_length :], s.observation, turn
+            )
+            for s in live
+        ]
+        prompt_ids = [
+            policy.encoder.encode(p, s.skill_text) for p, s in zip(prompts, live, strict=True)
+        ]
+        responses = backend.generate(prompt_ids, max_new_tokens, temperature, seed * 100_003 + turn)
+        for s, prompt, ids, response in zip(live, prompts, prompt_ids, responses, strict=True):
+            text = policy.tokenizer.decode(response, skip_special_tokens=True)
+            parsed = env.parse(text, s.observation.admissible)
+            expert = s.game.expert_action()
+            s.episode.turns.append(Turn(turn, prompt, ids, response, text, parsed.action, expert))
+            s.history.append((s.observation.text, parsed.action or INVALID_ACTION_TEXT))
+            s.observation = s.game.step(parsed.action)
+
+    for s in states:
+        s.episode.score = s.game.score()
+        s.episode.reward = env.episode_reward(s.game)
+    return [s.episode for s in states]

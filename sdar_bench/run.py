@@ -1,0 +1,166 @@
+"""Execute one run: warm start (tiny models), training, evaluation, and its files on disk.
+
+A run directory holds ``spec.yaml``, ``manifest.json``, ``metrics.jsonl`` (one line per step),
+``eval.jsonl`` (one line per evaluation and skill mode) and, last, ``result.json``: a run is
+finished exactly when ``result.json`` exists, which is what resume keys on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sdar_bench.config import RunSpec
+from sdar_bench.policy import load_policy
+from sdar_bench.policy.tiny import TINY_MODELS
+from sdar_bench.skills import skill_hashes
+from sdar_bench.trainer import evaluate, setup, train_step
+from sdar_bench.warmstart import warm_start
+
+Callback = Callable[[str, dict[str, Any]], None]
+RESULT_FILE = "result.json"
+
+
+def _noop(event: str, info: dict[str, Any]) -> None:
+    return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / RESULT_FILE).exists()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(spec: RunSpec, panel_hash: str, extra: dict[str, Any]) -> dict[str, Any]:
+    packages = {}
+    for name in ("sdar-bench", "torch", "transformers", "trl", "tokenizers", "numpy"):
+        try:
+            packages[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing package is recorded, not fatal
+            packages[name] = None
+    return {
+        "run_id": spec.run_id,
+        "spec": spec.model_dump(mode="json"),
+        "git_sha": _git_sha(),
+        "packages": packages,
+        "python": platform.python_version(),
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "torch_threads": torch.get_num_threads(),
+        "panel_hash": panel_hash,
+        "skill_hashes": skill_hashes(spec.env),
+        "seed": spec.seed,
+        **extra,
+    }
+
+
+def _jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True, default=_finite) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    return str(value)
+
+
+def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dict[str, Any]:
+    """Run ``spec`` into ``run_dir`` (restarting it from scratch if it was left unfinished)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "spec.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
+    torch.manual_seed(spec.seed)
+    started = time.perf_counter()
+
+    policy = load_policy(spec.model, spec.train.max_prompt_tokens)
+    warm = {}
+    if spec.model in TINY_MODELS and spec.warmstart.enabled:
+        callback("warmstart", {"run_id": spec.run_id})
+        from sdar_bench.envs import make_env
+
+        t0 = time.perf_counter()
+        env = make_env(spec.env, **spec.env_params)
+        model_dir = str(policy.model.name_or_path)
+        checkpoint, cached = warm_start(policy, env, spec, model_dir)
+        policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens)
+        warm = {
+            "warmstart": {
+                "checkpoint": str(checkpoint),
+                "cached": cached,
+                "seconds": time.perf_counter() - t0,
+            }
+        }
+    torch.manual_seed(spec.seed)
+
+    state = setup(spec, policy)
+    write_json_atomic(
+        run_dir / "manifest.json", manifest(spec, state.env.panel_hash(state.panel), warm)
+    )
+    callback("start", {"run_id": spec.run_id, "steps": spec.train.steps})
+
+    evals: list[dict[str, Any]] = []
+
+    def run_eval(step: int) -> None:
+        for row in evaluate(state, step):
+            _jsonl(run_dir / "eval.jsonl", row)
+            evals.append(row)
+            callback("eval", row)
+
+    run_eval(0)
+    if state.method.trains:
+        for step in range(spec.train.steps):
+            metrics = train_step(state, step)
+            metrics["step"] = step + 1
+            _jsonl(run_dir / "metrics.jsonl", metrics)
+            callback("step", metrics)
+            if (step + 1) % spec.eval.every == 0 or step + 1 == spec.train.steps:
+                run_eval(step + 1)
+
+    result = summarize(evals)
+    result.update(
+        {"run_id": spec.run_id, "seconds": time.perf_counter() - started, "status": "finished"}
+    )
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    callback("done", result)
+    return result
+
+
+def summarize(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best evaluation per skill mode; best = highest ``success/all``, earliest on ties."""
+    out: dict[str, Any] = {"final": {}, "best": {}}
+    for label in dict.fromkeys(row["label"] for row in evals):
+        rows = [r for r in evals if r["label"] == label]
+        out["final"][label] = rows[-1]
+        out["best"][label] = max(rows, key=lambda r: (r.get("success/all", -math.inf), -r["step"]))
+    return out

@@ -1,0 +1,358 @@
+"""The one training loop every method runs through (DESIGN.md, "The data, as it flows").
+
+    per step:  episodes ← rollout.collect(policy, env, tasks, G)
+               batch    ← one sample per turn (prompt, response, reward, turn index, group)
+               old, ref ← score(policy), score(reference)             no grad
+               teach    ← score(teacher, prompt with skill block)      only if method.needs_teacher
+               adv      ← method.advantages(view, rewards, groups, step)
+               loss, m  ← method.loss(view)   per mini-batch, accumulated over micro-batches
+               every eval.every steps: evaluate the fixed panel
+
+A method decides nothing else: rollout, scoring, optimiser and logging live here, so a
+comparison between methods is a comparison between their losses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sdar_bench.config import RunSpec
+from sdar_bench.envs import make_env
+from sdar_bench.envs.base import Env, Task
+from sdar_bench.policy import Policy
+from sdar_bench.policy.backend import RolloutBackend, TransformersBackend
+from sdar_bench.policy.scoring import response_logprobs, score_in_chunks
+from sdar_bench.registry import Method, get_method
+from sdar_bench.rollout import Episode, collect
+from sdar_bench.skills import SkillRetriever
+from sdar_bench.token_view import TokenView
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Batch:
+    """One sample per turn of every episode of a step."""
+
+    prompt_ids: list[list[int]]  # what the student saw
+    teacher_ids: list[list[int]] | None  # the same prompts with the skill block
+    response_ids: list[list[int]]
+    rewards: torch.Tensor  # [N] R, minus c_inv on invalid turns
+    group_ids: torch.Tensor  # [N] GRPO group = task index within the step
+    turn_index: torch.Tensor  # [N]
+    expert_agree: torch.Tensor  # [N] 1 sampled == expert, 0 differs, -1 unknown
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+
+def build_batch(
+    episodes: Sequence[Episode],
+    env: Env,
+    policy: Policy,
+    teacher_skills: SkillRetriever | None,
+) -> Batch:
+    prompts, teacher, responses, rewards, groups, turns, agree = [], [], [], [], [], [], []
+    for episode in episodes:
+        skill_text = teacher_skills.retrieve(episode.task) if teacher_skills else None
+        for turn in episode.turns:
+            prompts.append(turn.prompt_ids)
+            if skill_text is not None:
+                teacher.append(policy.encoder.encode(turn.prompt, skill_text))
+            responses.append(turn.response_ids)
+            invalid = turn.action is None
+            rewards.append(episode.reward - (env.invalid_penalty if invalid else 0.0))
+            groups.append(episode.group)
+            turns.append(turn.index)
+            agree.append(
+                -1 if turn.expert_action is None else int(turn.action == turn.expert_action)
+            )
+    return Batch(
+        prompts,
+        teacher if teacher_skills else None,
+        responses,
+        torch.tensor(rewards, dtype=torch.float32),
+        torch.tensor(groups),
+        torch.tensor(turns),
+        torch.tensor(agree),
+    )
+
+
+@dataclass
+class RunState:
+    """Everything a run carries from step to step."""
+
+    spec: RunSpec
+    env: Env
+    method: Method
+    policy: Policy
+    backend: RolloutBackend
+    reference: torch.nn.Module | None
+    teacher: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    panel: list[Task]
+    train_skills: SkillRetriever | None  # skills in the student prompt (Skill-GRPO)
+    teacher_skills: SkillRetriever | None  # skills in the teacher prompt
+    eval_skills: SkillRetriever
+    nonfinite_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def setup(spec: RunSpec, policy: Policy) -> RunState:
+    env = make_env(spec.env, **spec.env_params)
+    params: dict[str, Any] = dict(spec.method_params)
+    method = get_method(spec.method, **params)
+    if "c_kl" not in spec.method_params and hasattr(method.params, "c_kl"):
+        # The KL weight is per env in the paper (0.001 on Search-QA): the env's default applies
+        # unless the suite sets it.
+        method = get_method(spec.method, **{**params, "c_kl": env.default_c_kl})
+    retrieval = getattr(method.params, "retrieval", "keyword")
+    skills = SkillRetriever(env.name, retrieval, spec.seed)
+
+    reference = teacher = optimizer = None
+    if method.trains:
+        if method.params.c_kl > 0:
+            reference = policy.frozen_copy()
+        if method.needs_teacher:
+            mode = getattr(method.params, "teacher", "live")
+            if mode == "live":
+                teacher = policy.model
+            else:  # frozen keeps the initial weights; ema starts there and follows the policy
+                teacher = (
+                    reference
+                    if (mode == "frozen" and reference is not None)
+                    else policy.frozen_copy()
+                )
+        optimizer = torch.optim.AdamW(
+            policy.model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay
+        )
+    return RunState(
+        spec=spec,
+        env=env,
+        method=method,
+        policy=policy,
+        backend=TransformersBackend(policy.model, policy.pad_id, policy.eos_id),
+        reference=reference,
+        teacher=teacher,
+        optimizer=optimizer,
+        panel=env.panel(spec.eval.panel),
+        train_skills=skills if method.student_sees_skills else None,
+        teacher_skills=skills if method.needs_teacher else None,
+        eval_skills=SkillRetriever(env.name, retrieval, spec.seed),
+    )
+
+
+def evaluate(state: RunState, step: int) -> list[dict[str, Any]]:
+    """Play the fixed panel once per skill mode of the method; one result row per mode."""
+    spec, env = state.spec, state.env
+    temperature = env.eval_temperature if spec.eval.temperature is None else spec.eval.temperature
+    rows = []
+    for with_skills in state.method.eval_skill_modes:
+        start = time.perf_counter()
+        episodes = collect(
+            state.policy,
+            state.backend,
+            env,
+            state.panel,
+            1,
+            temperature=temperature,
+            max_new_tokens=spec.train.max_new_tokens,
+            # The same sampling noise at every evaluation: differences come from the weights.
+            seed=spec.seed + 7_919,
+            skills=state.eval_skills if with_skills else None,
+        )
+        row: dict[str, Any] = {
+            "step": step,
+            "with_skills": with_skills,
+            "label": state.method.row_label(with_skills),
+            "panel_hash": env.panel_hash(state.panel),
+            "panel_size": len(state.panel),
+            "temperature": temperature,
+        }
+        row.update(env.metrics([(e.task, e.score) for e in episodes]))
+        row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
+        row["turns/mean"] = sum(len(e.turns) for e in episodes) / len(episodes)
+        row["time/eval"] = time.perf_counter() - start
+        rows.append(row)
+    return rows
+
+
+def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
+    stds = [rewards[groups == g].std(unbiased=False).item() for g in groups.unique()]
+    return sum(stds) / len(stds)
+
+
+def _gap_diagnostics(
+    batch: Batch, teach: torch.Tensor, old: torch.Tensor, mask: torch.Tensor
+) -> dict[str, Any]:
+    """Teacher–student gap by turn index and by agreement with the expert (SPEC §4)."""
+    delta = (teach - old) * mask  # [N, R]
+    per_sample = delta.sum(1) / mask.sum(1).clamp(min=1)  # [N] mean gap of each turn sample
+    out: dict[str, Any] = {
+        "gap/by_turn": {
+            int(t): per_sample[batch.turn_index == t].mean().item()
+            for t in batch.turn_index.unique()
+        }
+    }
+    for name, flag in (("gap/expert_agree", 1), ("gap/expert_disagree", 0)):
+        rows = batch.expert_agree == flag
+        if rows.any():
+            out[name] = ((delta[rows]).sum() / mask[rows].sum().clamp(min=1)).item()
+    return out
+
+
+def train_step(state: RunState, step: int) -> dict[str, Any]:
+    spec, env, policy, method = state.spec, state.env, state.policy, state.method
+    t0 = time.perf_counter()
+    tasks = env.train_tasks(spec.seed, step, spec.train.tasks_per_step)
+    episodes = collect(
+        policy,
+        state.backend,
+        env,
+        tasks,
+        spec.train.group_size,
+        temperature=spec.train.temperature,
+        max_new_tokens=spec.train.max_new_tokens,
+        seed=spec.seed * 1_000_003 + step,
+        skills=state.train_skills,
+    )
+    batch = build_batch(episodes, env, policy, state.teacher_skills)
+    t1 = time.perf_counter()
+
+    pad = policy.pad_id
+    old = score_in_chunks(
+        policy.model, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+    )
+    _, _, mask = _layout(batch)
+    ref = (
+        score_in_chunks(
+            state.reference, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+        )
+        if state.reference is not None
+        else None
+    )
+    teach = None
+    if batch.teacher_ids is not None and state.teacher is not None:
+        teach = score_in_chunks(
+            state.teacher, batch.teacher_ids, batch.response_ids, pad, spec.train.micro_batch_size
+        )
+    t2 = time.perf_counter()
+
+    view = TokenView(
+        mask=mask,
+        old_logp=old,
+        ref_logp=ref,
+        teacher_logp=teach,
+        vocab_size=policy.model.config.vocab_size,
+    )
+    advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
+    view = view.with_(advantages=advantages)
+    update_metrics = _update(state, batch, view, step)
+    t3 = time.perf_counter()
+
+    tokens = int(mask.sum().item()) + sum(len(p) for p in batch.prompt_ids)
+    metrics: dict[str, Any] = {
+        "reward/mean": batch.rewards.mean().item(),
+        "reward/std_in_group": _group_std(
+            torch.tensor([e.reward for e in episodes]), torch.tensor([e.group for e in episodes])
+        ),
+        "success/train": sum(e.won for e in episodes) / len(episodes),
+        "turns/mean": sum(len(e.turns) for e in episodes) / len(episodes),
+        "invalid/ratio": sum(t.action is None for e in episodes for t in e.turns) / len(batch),
+        "samples": len(batch),
+        **update_metrics,
+        "time/rollout": t1 - t0,
+        "time/teacher": t2 - t1,
+        "time/update": t3 - t2,
+        "tokens/per_s": tokens / max(t3 - t0, 1e-9),
+    }
+    if teach is not None:
+        metrics.update(_gap_diagnostics(batch, teach, old, mask))
+    return metrics
+
+
+def _layout(batch: Batch) -> tuple[int, int, torch.Tensor]:
+    R = max(max(len(r) for r in batch.response_ids), 1)
+    mask = torch.zeros(len(batch), R)
+    for i, r in enumerate(batch.response_ids):
+        mask[i, : len(r)] = 1.0
+    return len(batch), R, mask  # mask: [N, R]
+
+
+def _update(state: RunState, batch: Batch, view: TokenView, step: int) -> dict[str, Any]:
+    """PPO epochs × mini-batches; micro-batches accumulate gradients with token-share weights so
+    every ``Agg`` is exactly the token-mean over the whole mini-batch."""
+    spec, policy, method = state.spec, state.policy, state.method
+    assert state.optimizer is not None
+    model = policy.model
+    model.train()
+    R = view.mask.shape[1]
+    sums: dict[str, float] = defaultdict(float)
+    grad_norms: list[float] = []
+    skipped = 0
+    gen = torch.Generator().manual_seed(spec.seed * 7_777 + step)
+    for _ in range(spec.train.ppo_epochs):
+        order = torch.randperm(len(batch), generator=gen)
+        for mb_rows in order.chunk(spec.train.mini_batches):
+            state.optimizer.zero_grad(set_to_none=True)
+            mb_tokens = view.mask[mb_rows].sum().clamp(min=1)
+            finite = True
+            for rows in mb_rows.split(spec.train.micro_batch_size):
+                idx = rows.tolist()
+                logp, entropy, _ = response_logprobs(
+                    model,
+                    [batch.prompt_ids[i] for i in idx],
+                    [batch.response_ids[i] for i in idx],
+                    policy.pad_id,
+                    with_entropy=True,
+                )
+                assert entropy is not None
+                micro = view.select(rows).with_(
+                    logp=F.pad(logp, (0, R - logp.shape[1])),
+                    entropy=F.pad(entropy, (0, R - entropy.shape[1])),
+                )
+                loss, metrics = method.loss(micro)
+                share = (micro.mask.sum() / mb_tokens).item()
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                (loss * share).backward()
+                for key, value in metrics.items():
+                    sums[key] += value * share
+            if not finite:
+                skipped += 1
+                state.optimizer.zero_grad(set_to_none=True)
+                continue
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
+            if not torch.isfinite(norm):
+                skipped += 1
+                state.optimizer.zero_grad(set_to_none=True)
+                continue
+            grad_norms.append(norm.item())
+            state.optimizer.step()
+            _ema_update(state)
+    n_updates = max(len(grad_norms), 1)
+    out = {
+        key: value / (spec.train.ppo_epochs * spec.train.mini_batches)
+        for key, value in sums.items()
+    }
+    out["grad/norm"] = sum(grad_norms) / n_updates if grad_norms else math.nan
+    out["nonfinite/skipped"] = skipped
+    return out
+
+
+@torch.no_grad()
+def _ema_update(state: RunState) -> None:
+    if getattr(state.method.params, "teacher", "live") != "ema" or state.teacher is None:
+        return
+    decay = state.method.params.ema_decay  # type: ignore[attr-defined]
+    for t, p in zip(state.teacher.parameters(), state.policy.model.parameters(), strict=True):
+        t.mul_(decay).add_(p.detach(), alpha=1 - decay)

@@ -1,0 +1,125 @@
+"""Supervised warm start for tiny models, with TRL's ``SFTTrainer`` on expert trajectories.
+
+A model trained from scratch cannot find a rewarded action by sampling alone, and its
+skill-conditioned teacher is only as good as its data makes it. So the warm start plays the
+engine's expert with a share of random actions, and that share differs between episodes that
+show the skill block (``noise_with_skills``) and those that do not (``noise_without_skills``):
+the gap between the two is the explicit "teacher quality" knob of SPEC §4. The result is cached
+by (model, env, env settings, warm-start settings, seed) and shared by every method of a suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from sdar_bench.config import RunSpec, WarmStartSpec
+from sdar_bench.envs.base import Env, task_seed
+from sdar_bench.paths import cache_dir
+from sdar_bench.policy import Policy
+from sdar_bench.skills import SkillRetriever
+
+WARMSTART_SPLIT = "warmstart"  # its own split: never overlaps the train stream or the eval panel
+
+
+def expert_samples(
+    env: Env, policy: Policy, spec: WarmStartSpec, seed: int
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) for every turn of ``spec.episodes`` noisy expert episodes."""
+    retriever = SkillRetriever(env.name, "keyword")
+    samples = []
+    for i in range(spec.episodes):
+        rng = random.Random(task_seed("warmstart", seed, i))
+        task = env.task(WARMSTART_SPLIT, i)
+        with_skills = rng.random() < spec.skill_share
+        noise = spec.noise_with_skills if with_skills else spec.noise_without_skills
+        skill_text = retriever.retrieve(task) if with_skills else None
+        game = env.new_game(task)
+        observation = game.reset()
+        history: list[tuple[str, str]] = []
+        for turn in range(env.params.max_turns):
+            if observation.done:
+                break
+            action = game.expert_action()
+            if action is None:
+                break
+            if observation.admissible and rng.random() < noise:
+                action = rng.choice(observation.admissible)
+            prompt = env.render_prompt(
+                task, history[len(history) - env.params.history_length :], observation, turn
+            )
+            response = env.format_response(action, env.expert_thought(game, action))
+            response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
+            samples.append(
+                (policy.encoder.encode(prompt, skill_text), [*response_ids, policy.eos_id])
+            )
+            history.append((observation.text, action))
+            observation = game.step(action)
+    return samples
+
+
+def warmstart_key(spec: RunSpec, model_dir: str) -> str:
+    ws = spec.warmstart
+    seed = spec.seed if ws.seed is None else ws.seed
+    payload = [model_dir, spec.env, spec.env_params, ws.model_dump(exclude={"seed"}), seed]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def warm_start(policy: Policy, env: Env, spec: RunSpec, model_dir: str) -> tuple[Path, bool]:
+    """Train ``policy`` in place (or load the cached result); returns (checkpoint, was_cached)."""
+    ws = spec.warmstart
+    seed = spec.seed if ws.seed is None else ws.seed
+    path = (
+        cache_dir()
+        / "warmstart"
+        / f"{Path(model_dir).name}-{spec.env}-{warmstart_key(spec, model_dir)}"
+    )
+    if (path / "config.json").exists():
+        return path, True
+
+    from datasets import Dataset  # TRL and datasets are slow to import: only when training
+    from trl import SFTConfig, SFTTrainer
+
+    samples = expert_samples(env, policy, ws, seed)
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [p + r for p, r in samples],
+            "completion_mask": [[0] * len(p) + [1] * len(r) for p, r in samples],
+        }
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            max_steps=ws.steps,
+            per_device_train_batch_size=ws.batch_size,
+            learning_rate=ws.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            logging_steps=max(ws.steps // 10, 1),
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=True,
+            completion_only_loss=True,
+            max_length=None,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=policy.model, args=args, train_dataset=dataset, processing_class=policy.tokenizer
+        )
+        trainer.train()
+    tmp = path.with_name(f"{path.name}.tmp{random.randrange(1 << 30)}")
+    policy.model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same warm start first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path, False
