@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 app = typer.Typer(
@@ -50,6 +51,72 @@ def run(
     except ModelNotFound as exc:
         _fail(str(exc))
     _print_report(out)
+
+
+def _progress_callback(progress: Progress, bar: TaskID) -> object:
+    """A ``transformers.TrainerCallback`` that moves a rich progress bar with the SFT steps."""
+    from transformers import TrainerCallback  # slow to import: only when a warm start runs
+
+    class MoveBar(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            progress.update(bar, completed=state.global_step)
+
+    return MoveBar()
+
+
+@app.command()
+def warmstart(
+    suite_file: Annotated[Path, typer.Argument(help="Suite YAML whose tiny models to warm-start.")],
+    export: Annotated[
+        bool,
+        typer.Option(
+            "--export",
+            help="Also copy each checkpoint into the package (sdar_bench/data/warmstart/) so that "
+            "a fresh install finds it instead of training it.",
+        ),
+    ] = False,
+) -> None:
+    """Run (or find) the supervised warm start of every tiny model × env × seed of a suite."""
+    import shutil
+
+    from rich.progress import Progress
+
+    from sdar_bench.config import SpecError, load_suite
+    from sdar_bench.envs import make_env
+    from sdar_bench.policy import load_policy
+    from sdar_bench.policy.tiny import TINY_MODELS
+    from sdar_bench.warmstart import SHIPPED, warm_start, warmstart_key
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        suite = load_suite(suite_file)
+    except SpecError as exc:
+        _fail(str(exc))
+    seen: set[str] = set()
+    for spec in suite.expand():
+        if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
+            continue
+        policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
+        model_dir = str(policy.model.name_or_path)
+        key = warmstart_key(spec, model_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        env = make_env(spec.env, **spec.env_params)
+        with Progress(console=console) as progress:
+            bar = progress.add_task(
+                f"warm start {spec.model} on {spec.env}", total=spec.warmstart.steps
+            )
+
+            path, found = warm_start(
+                policy, env, spec, model_dir, callbacks=[_progress_callback(progress, bar)]
+            )
+            progress.update(bar, completed=spec.warmstart.steps)
+        console.print(f"{'found' if found else 'trained'}: {path}")
+        if export and path.parent != SHIPPED:
+            SHIPPED.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(path, SHIPPED / path.name, dirs_exist_ok=True)
+            console.print(f"exported to {SHIPPED / path.name}")
 
 
 @app.command()

@@ -103,7 +103,7 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
     torch.manual_seed(spec.seed)
     started = time.perf_counter()
 
-    policy = load_policy(spec.model, spec.train.max_prompt_tokens)
+    policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
     warm = {}
     if spec.model in TINY_MODELS and spec.warmstart.enabled:
         callback("warmstart", {"run_id": spec.run_id})

@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sdar_bench.config import RunSpec, WarmStartSpec
 from sdar_bench.envs.base import Env, task_seed
@@ -69,17 +70,32 @@ def warmstart_key(spec: RunSpec, model_dir: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def warm_start(policy: Policy, env: Env, spec: RunSpec, model_dir: str) -> tuple[Path, bool]:
-    """Train ``policy`` in place (or load the cached result); returns (checkpoint, was_cached)."""
+SHIPPED = Path(__file__).parent / "data" / "warmstart"
+
+
+def checkpoint_name(spec: RunSpec, model_dir: str) -> str:
+    return f"{Path(model_dir).name}-{warmstart_key(spec, model_dir)}"
+
+
+def warm_start(
+    policy: Policy,
+    env: Env,
+    spec: RunSpec,
+    model_dir: str,
+    callbacks: list[Any] | None = None,
+) -> tuple[Path, bool]:
+    """Train ``policy`` in place, or find the result shipped with the package or cached on this
+    machine; returns (checkpoint directory, whether it was found rather than trained).
+
+    ``callbacks`` are ``transformers.TrainerCallback`` objects (progress display, evaluation).
+    """
     ws = spec.warmstart
     seed = spec.seed if ws.seed is None else ws.seed
-    path = (
-        cache_dir()
-        / "warmstart"
-        / f"{Path(model_dir).name}-{spec.env}-{warmstart_key(spec, model_dir)}"
-    )
-    if (path / "config.json").exists():
-        return path, True
+    name = checkpoint_name(spec, model_dir)
+    for found in (SHIPPED / name, cache_dir() / "warmstart" / name):
+        if (found / "config.json").exists():
+            return found, True
+    path = cache_dir() / "warmstart" / name
 
     from datasets import Dataset  # TRL and datasets are slow to import: only when training
     from trl import SFTConfig, SFTTrainer
@@ -106,13 +122,19 @@ def warm_start(policy: Policy, env: Env, spec: RunSpec, model_dir: str) -> tuple
             seed=seed,
             data_seed=seed,
             use_cpu=True,
+            bf16=False,  # TRL defaults to bf16; autocast on a CPU without bf16 units is ~7x slower
+            train_sampling_strategy="group_by_length",  # less padding: prompts vary from ~100 to ~350 tokens
             completion_only_loss=True,
             max_length=None,
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
         trainer = SFTTrainer(
-            model=policy.model, args=args, train_dataset=dataset, processing_class=policy.tokenizer
+            model=policy.model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=policy.tokenizer,
+            callbacks=callbacks,
         )
         trainer.train()
     tmp = path.with_name(f"{path.name}.tmp{random.randrange(1 << 30)}")

@@ -46,10 +46,12 @@ class Policy:
         return ref
 
 
-def resolve_model_path(name: str) -> Path | str:
-    """A tiny-family name, a local directory, or a Hugging Face id already in the local cache."""
+def resolve_model_path(name: str, env: str | None = None) -> Path | str:
+    """A tiny-family name (built for ``env``), a local directory, or a cached Hugging Face id."""
     if name in TINY_MODELS:
-        return tiny_model_dir(name)
+        if env is None:
+            raise ValueError(f"tiny model {name!r} has a per-env vocabulary: name the env")
+        return tiny_model_dir(name, env)
     if Path(name).expanduser().is_dir():
         return Path(name).expanduser()
     return name
@@ -71,9 +73,12 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
 
 
 def load_policy(
-    name: str, max_prompt_tokens: int = 2048, dtype: torch.dtype = torch.float32
+    name: str,
+    max_prompt_tokens: int = 2048,
+    dtype: torch.dtype = torch.float32,
+    env: str | None = None,
 ) -> Policy:
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, env)
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)

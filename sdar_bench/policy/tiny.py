@@ -27,21 +27,26 @@ TINY_MODELS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-def tiny_corpus() -> list[str]:
-    """Every text the tiny tokenizer must cover: engine vocabularies and skill banks."""
+def tiny_corpus(env: str) -> list[str]:
+    """Every text the tiny tokenizer for ``env`` must cover: the engine's words and skill bank."""
     from sdar_bench.envs import ENVS
-    from sdar_bench.skills import SKILL_HEADER, all_skill_texts
+    from sdar_bench.rollout import INVALID_ACTION_TEXT
+    from sdar_bench.skills import SKILL_HEADER, skill_bank
 
-    texts = [" ".join(env_cls().vocabulary()) for env_cls in ENVS.values()]
-    return [*texts, *all_skill_texts(), SKILL_HEADER]
+    words = " ".join(ENVS[env]().vocabulary())
+    return [words, *skill_bank(env).values(), SKILL_HEADER, INVALID_ACTION_TEXT]
 
 
-def tiny_model_dir(name: str) -> Path:
-    """Build (once) and return the directory holding the tiny model ``name``."""
+def tiny_model_dir(name: str, env: str) -> Path:
+    """Build (once) and return the directory holding the tiny model ``name`` for ``env``.
+
+    Each env gets its own word-level vocabulary, so adding or editing one engine never changes
+    another env's tiny models (or invalidates their warm-start checkpoints).
+    """
     hidden, layers, heads, kv_heads, mlp = TINY_MODELS[name]
-    corpus = tiny_corpus()
+    corpus = tiny_corpus(env)
     key = hashlib.sha256(json.dumps([name, TINY_MODELS[name], corpus]).encode()).hexdigest()[:12]
-    path = cache_dir() / "models" / f"{name}-{key}"
+    path = cache_dir() / "models" / f"{name}-{env}-{key}"
     if (path / "config.json").exists():
         return path
 

@@ -24,11 +24,13 @@ from sdar_bench.envs.alfworld.world import (
 )
 from sdar_bench.envs.base import Env, EnvParams, Game, Observation, Task, task_seed
 
-PROMPT_GOAL = "Your task is to: {goal}\n"
+# The goal comes last, right before the answer: a tiny model attends to recent tokens first, and
+# a real model loses nothing by reading the task after the state it applies to.
 PROMPT_PAIR = "Observation: {observation}\nAction: {action}\n"
 PROMPT_TAIL = (
     "Current observation: {observation}\n"
     "Admissible actions: {actions}\n"
+    "Your task is to: {goal}\n"
     "Answer with <think> your reasoning </think> <action> one admissible action </action>."
 )
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -112,8 +114,9 @@ class AlfworldEnv(Env):
         shown = list(history)[-n:] if n > 0 else []
         pairs = "".join(PROMPT_PAIR.format(observation=o, action=a) for o, a in shown)
         actions = ", ".join(observation.admissible or ())
-        tail = PROMPT_TAIL.format(observation=observation.text, actions=actions)
-        return PROMPT_GOAL.format(goal=task.goal) + pairs + tail
+        return pairs + PROMPT_TAIL.format(
+            observation=observation.text, actions=actions, goal=task.goal
+        )
 
     def expert_thought(self, game: Game, action: str) -> str:
         """The expert's reason when ``action`` is its own choice; a neutral line otherwise."""
@@ -123,7 +126,6 @@ class AlfworldEnv(Env):
     # ---- vocabulary ----------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
         texts: list[str] = [
-            PROMPT_GOAL,
             PROMPT_PAIR,
             PROMPT_TAIL,
             *RESPONSE_TEMPLATES,
