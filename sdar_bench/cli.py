@@ -22,7 +22,7 @@ console = Console()
 
 def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit code 2, no traceback."""
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

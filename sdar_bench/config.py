@@ -219,10 +219,10 @@ def load_suite(path: str | Path) -> SuiteSpec:
 def describe(exc: ValidationError) -> str:
     """The first validation error as one line: the field's dotted path and what to do."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "suite"
+    field = ".".join(str(p) for p in err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key; remove it or check its spelling"
     elif err["type"] == "missing":
         message = "required; add it"
-    return f"{field}: {message}"
+    return f"{field}: {message}" if field else message  # model-level checks name their field

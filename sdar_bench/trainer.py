@@ -228,9 +228,19 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     t1 = time.perf_counter()
 
     pad = policy.pad_id
-    old = score_in_chunks(
-        policy.model, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+    # With one epoch and one mini-batch the update's own forward pass sees the rollout weights,
+    # so old = sg(logp) exactly and a separate scoring pass would be wasted work. Methods that
+    # reshape advantages from log-probs (RLSD) need old before the update and always get it.
+    single_pass = (
+        spec.train.ppo_epochs == 1
+        and spec.train.mini_batches == 1
+        and type(method).advantages is Method.advantages
     )
+    old = None
+    if not single_pass:
+        old = score_in_chunks(
+            policy.model, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+        )
     _, _, mask = _layout(batch)
     ref = (
         score_in_chunks(
@@ -255,7 +265,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     )
     advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
     view = view.with_(advantages=advantages)
-    update_metrics = _update(state, batch, view, step)
+    update_metrics, first_logp = _update(state, batch, view, step)
     t3 = time.perf_counter()
 
     tokens = int(mask.sum().item()) + sum(len(p) for p in batch.prompt_ids)
@@ -275,7 +285,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         "tokens/per_s": tokens / max(t3 - t0, 1e-9),
     }
     if teach is not None:
-        metrics.update(_gap_diagnostics(batch, teach, old, mask))
+        metrics.update(_gap_diagnostics(batch, teach, first_logp if old is None else old, mask))
     return metrics
 
 
@@ -287,9 +297,14 @@ def _layout(batch: Batch) -> tuple[int, int, torch.Tensor]:
     return len(batch), R, mask  # mask: [N, R]
 
 
-def _update(state: RunState, batch: Batch, view: TokenView, step: int) -> dict[str, Any]:
+def _update(
+    state: RunState, batch: Batch, view: TokenView, step: int
+) -> tuple[dict[str, Any], torch.Tensor]:
     """PPO epochs × mini-batches; micro-batches accumulate gradients with token-share weights so
-    every ``Agg`` is exactly the token-mean over the whole mini-batch."""
+    every ``Agg`` is exactly the token-mean over the whole mini-batch.
+
+    Returns the metrics and the detached ``logp`` [N, R] of each sample's first forward pass.
+    """
     spec, policy, method = state.spec, state.policy, state.method
     assert state.optimizer is not None
     model = policy.model
@@ -298,6 +313,8 @@ def _update(state: RunState, batch: Batch, view: TokenView, step: int) -> dict[s
     sums: dict[str, float] = defaultdict(float)
     grad_norms: list[float] = []
     skipped = 0
+    first_logp = torch.zeros_like(view.mask)  # [N, R]
+    seen = torch.zeros(len(batch), dtype=torch.bool)
     gen = torch.Generator().manual_seed(spec.seed * 7_777 + step)
     for _ in range(spec.train.ppo_epochs):
         order = torch.randperm(len(batch), generator=gen)
@@ -315,10 +332,15 @@ def _update(state: RunState, batch: Batch, view: TokenView, step: int) -> dict[s
                     with_entropy=True,
                 )
                 assert entropy is not None
+                logp = F.pad(logp, (0, R - logp.shape[1]))  # [b, R]
                 micro = view.select(rows).with_(
-                    logp=F.pad(logp, (0, R - logp.shape[1])),
-                    entropy=F.pad(entropy, (0, R - entropy.shape[1])),
+                    logp=logp, entropy=F.pad(entropy, (0, R - entropy.shape[1]))
                 )
+                if micro.old_logp is None:  # single pass: the rollout weights are these weights
+                    micro = micro.with_(old_logp=logp.detach())
+                fresh = ~seen[rows]
+                first_logp[rows[fresh]] = logp.detach()[fresh]
+                seen[rows] = True
                 loss, metrics = method.loss(micro)
                 share = (micro.mask.sum() / mb_tokens).item()
                 if not torch.isfinite(loss):
@@ -346,7 +368,7 @@ def _update(state: RunState, batch: Batch, view: TokenView, step: int) -> dict[s
     }
     out["grad/norm"] = sum(grad_norms) / n_updates if grad_norms else math.nan
     out["nonfinite/skipped"] = skipped
-    return out
+    return out, first_logp
 
 
 @torch.no_grad()

@@ -113,8 +113,8 @@ def warm_start(
             max_steps=ws.steps,
             per_device_train_batch_size=ws.batch_size,
             learning_rate=ws.lr,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
+            lr_scheduler_type="cosine",  # decaying at the end consolidates what was learnt
+            warmup_steps=min(20, ws.steps // 10),
             weight_decay=0.0,
             logging_steps=max(ws.steps // 10, 1),
             save_strategy="no",

@@ -62,7 +62,7 @@ def tiny_model_dir(name: str, env: str) -> Path:
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,  # the word-level tokenizer has no BOS; prompts start with their first word
     )
     # The initial weights are a function of the name alone: seed the generator, not the process.
     with torch.random.fork_rng():

@@ -1,0 +1,110 @@
+"""Suite validation, the CLI's one-line errors, and the comparison table from fixed results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sdar_bench.cli import app
+from sdar_bench.config import SpecError, load_suite
+from sdar_bench.report.table import load_results, mean_ci, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+GOOD = """
+name: t
+models: [tiny-qwen-1m]
+envs: [alfworld]
+methods: [grpo, {sdar: {beta: [1.0, 5.0]}}]
+seeds: [0, 1]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_expansion_and_stable_run_ids(tmp_path) -> None:
+    suite = load_suite(_write(tmp_path, GOOD))
+    runs = suite.expand()
+    assert [(r.method, r.method_params.get("beta"), r.seed) for r in runs] == [
+        ("grpo", None, 0), ("grpo", None, 1),
+        ("sdar", 1.0, 0), ("sdar", 1.0, 1), ("sdar", 5.0, 0), ("sdar", 5.0, 1),
+    ]  # fmt: skip
+    assert len({r.run_id for r in runs}) == 6
+    assert runs[2].run_id == load_suite(_write(tmp_path, GOOD)).expand()[2].run_id
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace("grpo,", "grpoo,"), "methods: unknown method 'grpoo' (known: "),
+        (GOOD.replace("beta:", "bta:"), "methods.sdar: unknown parameter 'bta'"),
+        (GOOD.replace("[alfworld]", "[alfwrld]"), "envs: unknown env 'alfwrld' (known: alfworld)"),
+        (GOOD + "train: {steps: -1}\n", "train.steps: Input should be greater than or equal to 0"),
+        (GOOD + "train: {stepz: 3}\n", "train.stepz: unknown key; remove it or check its spelling"),
+        (GOOD.replace("name: t\n", ""), "name: required; add it"),
+        (GOOD + "methods: [\n", "not valid YAML"),
+        ("- a\n- b\n", "a suite is a YAML mapping"),
+        (GOOD.replace("seeds: [0, 1]", "seeds: []"), "seeds: List should have at least 1 item"),
+        (GOOD.replace("beta: [1.0, 5.0]", "beta: high"), "methods.sdar: parameter 'beta'"),
+    ],
+)
+def test_bad_suites_give_one_line_errors_with_exit_code_2(tmp_path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_suite(path)
+    assert message in str(info.value)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and result.output.startswith("error: ")
+
+
+def test_methods_command_lists_all_nine() -> None:
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for name in ("vanilla", "skill_prompt", "grpo", "skill_grpo", "opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar"):
+        assert name in result.output
+
+
+def test_shipped_suites_validate() -> None:
+    for path in sorted((ROOT / "suites").glob("*.yaml")):
+        assert load_suite(path).expand()
+
+
+def _fake_run(root: Path, method: str, seed: int, final: float, best: float) -> None:
+    run = root / "runs" / f"{method}-{seed}"
+    run.mkdir(parents=True)
+    label = {"grpo": "GRPO", "sdar": "SDAR"}[method]
+    spec = {"model": "m", "env": "alfworld", "method": method, "method_params": {}, "seed": seed}
+    (run / "manifest.json").write_text(json.dumps({"spec": spec}))
+    rows = {
+        "final": {label: {"step": 10, "panel_hash": "h", "success/pick": final, "success/all": final}},
+        "best": {label: {"step": 5, "panel_hash": "h", "success/pick": best, "success/all": best}},
+    }
+    (run / "result.json").write_text(json.dumps(rows))
+
+
+def test_table_cells_are_mean_and_t_interval_over_seeds(tmp_path) -> None:
+    for seed, (final, best) in enumerate([(10.0, 20.0), (20.0, 30.0), (30.0, 40.0)]):
+        _fake_run(tmp_path, "sdar", seed, final, best)
+        _fake_run(tmp_path, "grpo", seed, 5.0, 5.0)
+    tables = write_report(tmp_path)
+    final = tables["final"].set_index("label")
+    mean, half = final.loc["SDAR", "success/all"]
+    # mean 20, sample std 10, t(0.975, 2) = 4.302653 → half-width 4.302653·10/√3 = 24.8414
+    assert mean == pytest.approx(20.0)
+    assert half == pytest.approx(24.8414, abs=1e-3)
+    assert final.loc["GRPO", "success/all"][0] == 5.0 and final.loc["GRPO", "success/all"][1] == 0.0
+    assert tables["best"].set_index("label").loc["SDAR", "success/all"][0] == pytest.approx(30.0)
+    assert list(tables["final"]["label"]) == ["GRPO", "SDAR"]  # Table-1 row order
+    md = (tmp_path / "table.md").read_text()
+    assert "| m | alfworld | SDAR | 3 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in md
+    assert len(load_results(tmp_path)) == 12
+    assert mean_ci(__import__("pandas").Series([7.0]))[0] == 7.0
