@@ -130,25 +130,25 @@ def report(
 
 
 def _print_report(results_dir: Path) -> None:
-    from sdar_bench.report.table import format_cell, metric_columns, write_report
+    from sdar_bench.report.table import WHICH, format_cell, write_report
 
-    tables = write_report(results_dir)
-    if not tables:
+    report = write_report(results_dir)
+    if not report.tables:
         console.print("no finished runs yet")
         return
-    for which, title in (("final", "final step"), ("best", "best step")):
-        frame = tables[which]
-        columns = [c for c in frame.columns if "/" in c]
-        columns = [c for c in metric_columns(frame) if c in columns]
-        table = Table(title=f"success % on the eval panel, {title} (mean ± 95% CI over seeds)")
-        for head in ["env", "method", "seeds", *(c.split("/", 1)[1] for c in columns)]:
-            table.add_column(head, justify="left" if head in ("env", "method") else "right")
+    for (env, which), frame in report.tables.items():
+        columns = report.columns[env]
+        table = Table(title=f"{env}: evaluation panel, {WHICH[which]} (mean ± 95% CI over seeds)")
+        for head in ["model", "method", "seeds", *(c.split("/", 1)[-1] for c in columns)]:
+            table.add_column(head, justify="left" if head in ("model", "method") else "right")
         for _, row in frame.iterrows():
             table.add_row(
-                str(row["env"]), str(row["label"]), str(row["seeds"]),
+                str(row["model"]), str(row["label"]), str(row["seeds"]),
                 *(format_cell(row.get(c)) for c in columns),
             )  # fmt: skip
         console.print(table)
+    for setting in report.teacher_quality:
+        console.print(f"teacher quality — {setting}")
     console.print(f"tables written to {results_dir}/table.md and table.csv")
 
 

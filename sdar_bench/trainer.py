@@ -179,7 +179,9 @@ def evaluate(state: RunState, step: int) -> list[dict[str, Any]]:
         }
         row.update(env.metrics([(e.task, e.score) for e in episodes]))
         row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
-        row["turns/mean"] = sum(len(e.turns) for e in episodes) / len(episodes)
+        turns = [t for e in episodes for t in e.turns]
+        row["turns/mean"] = len(turns) / len(episodes)
+        row["invalid/ratio"] = sum(t.action is None for t in turns) / max(len(turns), 1)
         row["time/eval"] = time.perf_counter() - start
         rows.append(row)
     return rows

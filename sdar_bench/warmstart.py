@@ -48,8 +48,8 @@ def expert_samples(
             action = game.expert_action()
             if action is None:
                 break
-            if observation.admissible and rng.random() < noise:
-                action = rng.choice(observation.admissible)
+            if rng.random() < noise:
+                action = env.random_action(game, rng, observation) or action
             prompt = env.render_prompt(
                 task, history[len(history) - env.params.history_length :], observation, turn
             )

@@ -254,7 +254,9 @@ def test_prompt_shows_goal_history_and_actions() -> None:
     obs = game.reset()
     history = [("obs one", "look"), ("obs two", "inventory"), ("obs three", "look")]
     prompt = env.render_prompt(task, history, obs, 3)
-    assert prompt.startswith(f"Your task is to: {task.goal}\n")
+    assert prompt.startswith("Observation: obs two\n")
+    # the goal comes last, right before the answer instruction
+    assert f"Admissible actions: {', '.join(obs.admissible)}\nYour task is to: {task.goal}\n" in prompt
     assert "obs one" not in prompt and "Observation: obs two\nAction: inventory\n" in prompt
     assert f"Current observation: {obs.text}\n" in prompt
     assert "Admissible actions: " + ", ".join(obs.admissible) in prompt

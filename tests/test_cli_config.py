@@ -56,7 +56,9 @@ def test_grid_expansion_and_stable_run_ids(tmp_path) -> None:
         (GOOD.replace("beta: [1.0, 5.0]", "beta: high"), "methods.sdar: parameter 'beta'"),
     ],
 )
-def test_bad_suites_give_one_line_errors_with_exit_code_2(tmp_path, text: str, message: str) -> None:
+def test_bad_suites_give_one_line_errors_with_exit_code_2(
+    tmp_path, text: str, message: str
+) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(SpecError) as info:
         load_suite(path)
@@ -69,7 +71,17 @@ def test_bad_suites_give_one_line_errors_with_exit_code_2(tmp_path, text: str, m
 def test_methods_command_lists_all_nine() -> None:
     result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
     assert result.exit_code == 0
-    for name in ("vanilla", "skill_prompt", "grpo", "skill_grpo", "opsd", "grpo_opsd", "skill_sd", "rlsd", "sdar"):
+    for name in (
+        "vanilla",
+        "skill_prompt",
+        "grpo",
+        "skill_grpo",
+        "opsd",
+        "grpo_opsd",
+        "skill_sd",
+        "rlsd",
+        "sdar",
+    ):
         assert name in result.output
 
 
@@ -85,7 +97,9 @@ def _fake_run(root: Path, method: str, seed: int, final: float, best: float) -> 
     spec = {"model": "m", "env": "alfworld", "method": method, "method_params": {}, "seed": seed}
     (run / "manifest.json").write_text(json.dumps({"spec": spec}))
     rows = {
-        "final": {label: {"step": 10, "panel_hash": "h", "success/pick": final, "success/all": final}},
+        "final": {
+            label: {"step": 10, "panel_hash": "h", "success/pick": final, "success/all": final}
+        },
         "best": {label: {"step": 5, "panel_hash": "h", "success/pick": best, "success/all": best}},
     }
     (run / "result.json").write_text(json.dumps(rows))
@@ -95,16 +109,18 @@ def test_table_cells_are_mean_and_t_interval_over_seeds(tmp_path) -> None:
     for seed, (final, best) in enumerate([(10.0, 20.0), (20.0, 30.0), (30.0, 40.0)]):
         _fake_run(tmp_path, "sdar", seed, final, best)
         _fake_run(tmp_path, "grpo", seed, 5.0, 5.0)
-    tables = write_report(tmp_path)
-    final = tables["final"].set_index("label")
+    report = write_report(tmp_path)
+    final = report.tables[("alfworld", "final")].set_index("label")
     mean, half = final.loc["SDAR", "success/all"]
     # mean 20, sample std 10, t(0.975, 2) = 4.302653 → half-width 4.302653·10/√3 = 24.8414
     assert mean == pytest.approx(20.0)
     assert half == pytest.approx(24.8414, abs=1e-3)
     assert final.loc["GRPO", "success/all"][0] == 5.0 and final.loc["GRPO", "success/all"][1] == 0.0
-    assert tables["best"].set_index("label").loc["SDAR", "success/all"][0] == pytest.approx(30.0)
-    assert list(tables["final"]["label"]) == ["GRPO", "SDAR"]  # Table-1 row order
+    best = report.tables[("alfworld", "best")].set_index("label")
+    assert best.loc["SDAR", "success/all"][0] == pytest.approx(30.0)
+    assert list(report.tables[("alfworld", "final")]["label"]) == ["GRPO", "SDAR"]  # Table-1 order
+    assert report.columns["alfworld"] == ["success/pick", "success/all"]
     md = (tmp_path / "table.md").read_text()
-    assert "| m | alfworld | SDAR | 3 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in md
+    assert "| m | SDAR | 3 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in md
     assert len(load_results(tmp_path)) == 12
     assert mean_ci(__import__("pandas").Series([7.0]))[0] == 7.0

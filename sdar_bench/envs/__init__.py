@@ -6,8 +6,14 @@ from typing import Any
 
 from sdar_bench.envs.alfworld import AlfworldEnv
 from sdar_bench.envs.base import Env, Game, Observation, Task
+from sdar_bench.envs.searchqa import SearchQAEnv
+from sdar_bench.envs.webshop import WebshopEnv
 
-ENVS: dict[str, type[Env]] = {"alfworld": AlfworldEnv}
+ENVS: dict[str, type[Env]] = {
+    "alfworld": AlfworldEnv,
+    "webshop": WebshopEnv,
+    "searchqa": SearchQAEnv,
+}
 
 
 def make_env(name: str, **params: Any) -> Env:

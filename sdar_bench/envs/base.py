@@ -9,6 +9,7 @@ machine, batch size and worker count (SPEC §6).
 from __future__ import annotations
 
 import hashlib
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ class Env(ABC):
         """A short reasoning line for expert trajectories (engines may override)."""
         return ""
 
+    def random_action(self, game: Game, rng: random.Random, observation: Observation) -> str | None:
+        """A random valid move, for the noisy episodes of the warm start (None: no noise here)."""
+        return rng.choice(observation.admissible) if observation.admissible else None
+
     def episode_reward(self, game: Game) -> float:
         return self.reward_scale * float(game.score() >= 1.0)
 
@@ -137,6 +142,11 @@ class Env(ABC):
         if results:
             out["success/all"] = 100.0 * sum(s >= 1.0 for _, s in results) / len(results)
         return out
+
+    @classmethod
+    def table_columns(cls) -> list[str]:
+        """The metrics a results table shows for this env, in order (headline last)."""
+        return [*(f"success/{t}" for t in cls.task_types), "success/all"]
 
     def vocabulary(self) -> list[str]:
         """Every word the engine can emit, for building the tiny models' word-level tokenizer."""

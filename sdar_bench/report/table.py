@@ -8,6 +8,7 @@ success) are separate tables and never mixed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def load_results(results_dir: Path) -> pd.DataFrame:
         variant = ",".join(f"{k}={v}" for k, v in sorted(spec["method_params"].items()))
         for which in ("final", "best"):
             for label, row in result[which].items():
-                metrics = {k: v for k, v in row.items() if "/" in k}
+                metrics = {k: v for k, v in row.items() if k not in _NOT_METRICS}
                 records.append(
                     {
                         "model": spec["model"],
@@ -42,10 +43,25 @@ def load_results(results_dir: Path) -> pd.DataFrame:
                         "which": which,
                         "step": row["step"],
                         "panel_hash": row["panel_hash"],
+                        "teacher_quality": teacher_quality(spec),
                         **metrics,
                     }
                 )
     return pd.DataFrame.from_records(records)
+
+
+_NOT_METRICS = {"step", "with_skills", "label", "panel_hash", "panel_size", "temperature"}
+
+
+def teacher_quality(spec: dict) -> str:
+    """The warm-start setting that decides how much better the skill-conditioned teacher is."""
+    ws = spec.get("warmstart") or {}
+    if not ws.get("enabled", False) or not str(spec.get("model", "")).startswith("tiny-"):
+        return "pretrained"
+    return (
+        f"warm start: {ws['noise_with_skills']:.0%} random actions with skills, "
+        f"{ws['noise_without_skills']:.0%} without, skill share {ws['skill_share']:.0%}"
+    )
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float]:
@@ -90,48 +106,73 @@ def format_cell(cell: object, digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if np.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Success per task type in the env's order, then overall."""
-    cols = [c for c in frame.columns if c.startswith("success/") and c != "success/all"]
-    return [*cols, "success/all"] if "success/all" in frame else cols
+def metric_columns(frame: pd.DataFrame, env: str) -> list[str]:
+    """The env's table columns (``Env.table_columns``) that the results actually hold."""
+    from sdar_bench.envs import ENVS
+
+    wanted = ENVS[env].table_columns() if env in ENVS else sorted(c for c in frame if "/" in c)
+    sub = frame[frame["env"] == env]
+    return [c for c in wanted if c in sub and sub[c].notna().any()]
+
+
+def _column_title(column: str) -> str:
+    return column.split("/", 1)[-1]
 
 
 def to_markdown(table: pd.DataFrame, columns: list[str], title: str) -> str:
-    head = ["model", "env", "method", "seeds", *(c.split("/", 1)[1] for c in columns)]
+    head = ["model", "method", "seeds", *(_column_title(c) for c in columns)]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
-        cells = [str(row["model"]), str(row["env"]), str(row["label"]), str(row["seeds"])]
+        cells = [str(row["model"]), str(row["label"]), str(row["seeds"])]
         cells += [format_cell(row.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Write ``table.md`` and ``table.csv`` (final and best) and return the tables."""
+@dataclass
+class Report:
+    """Per env: its columns and its final / best tables (cells are (mean, ci) pairs)."""
+
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    tables: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
+    teacher_quality: list[str] = field(default_factory=list)
+
+
+WHICH = {"final": "final step", "best": "best step (highest overall success)"}
+
+
+def build_report(results_dir: Path) -> Report:
     frame = load_results(results_dir)
+    report = Report()
     if frame.empty:
-        return {}
-    columns = metric_columns(frame)
-    tables = {which: summary_table(frame, which, columns) for which in ("final", "best")}
-    md = [
-        f"# {results_dir.name}: success (%) on the fixed evaluation panel, mean ± 95% CI over seeds\n",
-        to_markdown(tables["final"], columns, "Final step"),
-        to_markdown(tables["best"], columns, "Best step (highest overall success)"),
-    ]
-    (results_dir / "table.md").write_text("\n".join(md))
+        return report
+    report.teacher_quality = sorted(set(frame["teacher_quality"]))
+    for env in dict.fromkeys(frame["env"]):
+        columns = metric_columns(frame, env)
+        report.columns[env] = columns
+        for which in WHICH:
+            report.tables[(env, which)] = summary_table(frame[frame["env"] == env], which, columns)
+    return report
+
+
+def write_report(results_dir: Path) -> Report:
+    """Write ``table.md`` and ``table.csv`` (final and best, per env) and return the report."""
+    report = build_report(results_dir)
+    if not report.tables:
+        return report
+    md = [f"# {results_dir.name}: evaluation panel results, mean ± 95% CI over seeds\n"]
+    md += [f"Teacher quality — {s}\n" for s in report.teacher_quality]
     flat = []
-    for which, table in tables.items():
+    for (env, which), table in report.tables.items():
+        columns = report.columns[env]
+        md.append(to_markdown(table, columns, f"{env}, {WHICH[which]}"))
         for _, row in table.iterrows():
-            record = {
-                "which": which,
-                "model": row["model"],
-                "env": row["env"],
-                "label": row["label"],
-                "seeds": row["seeds"],
-            }
+            record = {k: row[k] for k in ("model", "env", "label", "seeds")}
+            record["which"] = which
             for c in columns:
-                mean, half = row.get(c) if isinstance(row.get(c), tuple) else (np.nan, np.nan)
+                mean, half = row[c] if isinstance(row.get(c), tuple) else (np.nan, np.nan)
                 record[f"{c}/mean"], record[f"{c}/ci95"] = mean, half
             flat.append(record)
+    (results_dir / "table.md").write_text("\n".join(md))
     pd.DataFrame(flat).to_csv(results_dir / "table.csv", index=False)
-    return tables
+    return report
