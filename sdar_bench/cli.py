@@ -20,6 +20,17 @@ app = typer.Typer(
 console = Console()
 
 
+def _quiet_libraries() -> None:
+    """Our progress bars are the ones a user reads: silence the libraries' own."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit code 2, no traceback."""
     Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
@@ -38,7 +49,7 @@ def run(
     from sdar_bench.config import SpecError, load_suite
     from sdar_bench.policy import ModelNotFound
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_libraries()
     try:
         suite = load_suite(suite_file)
     except SpecError as exc:
@@ -87,7 +98,7 @@ def warmstart(
     from sdar_bench.policy.tiny import TINY_MODELS
     from sdar_bench.warmstart import SHIPPED, warm_start, warmstart_key
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _quiet_libraries()
     try:
         suite = load_suite(suite_file)
     except SpecError as exc:

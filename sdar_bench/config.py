@@ -70,6 +70,11 @@ class WarmStartSpec(Strict):
     """Share of random actions in episodes that show the skill block (teacher quality knob)."""
     noise_without_skills: float = Field(0.3, ge=0, le=1)
     """Share of random actions in episodes without skills (student quality knob)."""
+    prompt_loss: bool = True
+    """Train on the prompt tokens too, not only the response. A model trained from scratch
+    learns to copy names (the skill every action needs) from the prompts' own repetitions
+    ("You arrive at cabinet 1. The cabinet 1 is closed."), which are ten times more tokens
+    than the responses; with response-only loss a 1M model had not learnt it after 1,200 steps."""
     seed: int | None = None
     """Warm-start seed; None uses each run's seed (one warm start per seed)."""
 

@@ -124,7 +124,7 @@ def warm_start(
             use_cpu=True,
             bf16=False,  # TRL defaults to bf16; autocast on a CPU without bf16 units is ~7x slower
             train_sampling_strategy="group_by_length",  # less padding: prompts vary from ~100 to ~350 tokens
-            completion_only_loss=True,
+            completion_only_loss=not ws.prompt_loss,
             max_length=None,
             dataloader_num_workers=0,
             disable_tqdm=True,

@@ -256,7 +256,9 @@ def test_prompt_shows_goal_history_and_actions() -> None:
     prompt = env.render_prompt(task, history, obs, 3)
     assert prompt.startswith("Observation: obs two\n")
     # the goal comes last, right before the answer instruction
-    assert f"Admissible actions: {', '.join(obs.admissible)}\nYour task is to: {task.goal}\n" in prompt
+    assert (
+        f"Admissible actions: {', '.join(obs.admissible)}\nYour task is to: {task.goal}\n" in prompt
+    )
     assert "obs one" not in prompt and "Observation: obs two\nAction: inventory\n" in prompt
     assert f"Current observation: {obs.text}\n" in prompt
     assert "Admissible actions: " + ", ".join(obs.admissible) in prompt

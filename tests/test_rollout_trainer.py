@@ -151,3 +151,21 @@ def test_sdar_update_changes_the_weights_and_reference_stays(tmp_path) -> None:
     for a, r in zip(before, state.reference.parameters(), strict=True):
         assert torch.equal(a, r)
     assert state.teacher is policy.model  # live teacher = the same weights
+
+
+@pytest.mark.parametrize("env", ["webshop", "searchqa"])
+def test_sdar_trains_on_the_other_offline_envs(env: str, tmp_path) -> None:
+    spec = _spec("sdar").model_copy(
+        update={
+            "env": env,
+            "env_params": {"max_turns": 2},
+            "train": _spec("sdar").train.model_copy(update={"steps": 1}),
+        }
+    )
+    result = execute_run(spec, tmp_path / "run")
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(row["loss/pg"]) and math.isfinite(row["gap/mean"])
+    assert row["invalid/ratio"] == 1.0  # random weights never produce a well-formed turn
+    penalty = 0.1 if env == "webshop" else 0.01  # c_inv per env (SPEC §1)
+    assert row["reward/mean"] == pytest.approx(-penalty)
+    assert "SDAR" in result["final"]

@@ -1,0 +1,73 @@
+"""The supervised warm start: its data, its cache, and the shipped quickstart checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdar_bench.config import RunSpec, WarmStartSpec, load_suite
+from sdar_bench.envs import make_env
+from sdar_bench.policy import load_policy
+from sdar_bench.skills import SkillRetriever
+from sdar_bench.warmstart import SHIPPED, checkpoint_name, expert_samples, warm_start
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_noise_free_samples_are_the_experts_turns_and_skill_share_is_respected(tiny_policy) -> None:
+    env = make_env("alfworld", max_turns=20)
+    with_skills = expert_samples(
+        env, tiny_policy, WarmStartSpec(episodes=3, skill_share=1.0, noise_with_skills=0.0), 0
+    )
+    without = expert_samples(
+        env, tiny_policy, WarmStartSpec(episodes=3, skill_share=0.0, noise_without_skills=0.0), 0
+    )
+    assert len(with_skills) == len(without) > 0
+    retriever = SkillRetriever("alfworld")
+    block = tiny_policy.encoder.skill_ids(retriever.retrieve(env.task("warmstart", 0)))
+    (p_skill, r_skill), (p_plain, r_plain) = with_skills[0], without[0]
+    assert p_skill == block + p_plain  # the same turn, with and without the skill block
+    assert r_skill == r_plain and r_plain[-1] == tiny_policy.eos_id
+    # replaying the responses through the engine solves the first task
+    game = env.new_game(env.task("warmstart", 0))
+    obs = game.reset()
+    for _, response in without:
+        if obs.done:
+            break
+        text = tiny_policy.tokenizer.decode(response, skip_special_tokens=True)
+        obs = game.step(env.parse(text, obs.admissible).action)
+    assert obs.won
+
+
+def test_warm_start_trains_once_then_is_found_in_the_cache(tmp_path) -> None:
+    spec = RunSpec(
+        model="tiny-qwen-1m",
+        env="alfworld",
+        env_params={"max_turns": 6},
+        method="grpo",
+        warmstart=WarmStartSpec(episodes=4, steps=2, batch_size=8, seed=0),
+    )
+    policy = load_policy(spec.model, env=spec.env)
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    env = make_env(spec.env, **spec.env_params)
+    path, found = warm_start(policy, env, spec, str(policy.model.name_or_path))
+    assert not found and (path / "model.safetensors").exists()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, policy.model.parameters(), strict=True)
+    )
+    again = load_policy(spec.model, env=spec.env)
+    path2, found2 = warm_start(again, env, spec, str(again.model.name_or_path))
+    assert found2 and path2 == path
+    trained = load_policy(str(path))
+    for a, b in zip(policy.model.parameters(), trained.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_quickstart_warm_start_is_shipped_for_its_exact_settings() -> None:
+    spec = load_suite(ROOT / "suites" / "quickstart.yaml").expand()[0]
+    policy = load_policy(spec.model, env=spec.env)
+    name = checkpoint_name(spec, str(policy.model.name_or_path))
+    # If this fails, the quickstart settings, the engine's vocabulary or the skill bank changed:
+    # rebuild with `sdar-bench warmstart suites/quickstart.yaml --export` and commit the result.
+    assert (SHIPPED / name / "model.safetensors").exists(), name
