@@ -66,7 +66,14 @@ def expert_samples(
 def warmstart_key(spec: RunSpec, model_dir: str) -> str:
     ws = spec.warmstart
     seed = spec.seed if ws.seed is None else ws.seed
-    payload = [model_dir, spec.env, spec.env_params, ws.model_dump(exclude={"seed"}), seed]
+    # the model directory's name carries its content hash; its location must not matter
+    payload = [
+        Path(model_dir).name,
+        spec.env,
+        spec.env_params,
+        ws.model_dump(exclude={"seed"}),
+        seed,
+    ]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

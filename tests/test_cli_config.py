@@ -46,7 +46,10 @@ def test_grid_expansion_and_stable_run_ids(tmp_path) -> None:
     [
         (GOOD.replace("grpo,", "grpoo,"), "methods: unknown method 'grpoo' (known: "),
         (GOOD.replace("beta:", "bta:"), "methods.sdar: unknown parameter 'bta'"),
-        (GOOD.replace("[alfworld]", "[alfwrld]"), "envs: unknown env 'alfwrld' (known: alfworld)"),
+        (
+            GOOD.replace("[alfworld]", "[alfwrld]"),
+            "envs: unknown env 'alfwrld' (known: alfworld, searchqa, webshop)",
+        ),
         (GOOD + "train: {steps: -1}\n", "train.steps: Input should be greater than or equal to 0"),
         (GOOD + "train: {stepz: 3}\n", "train.stepz: unknown key; remove it or check its spelling"),
         (GOOD.replace("name: t\n", ""), "name: required; add it"),
