@@ -183,15 +183,20 @@ def methods() -> None:
 
 @app.command()
 def envs() -> None:
-    """List the environments, their task types and default settings."""
+    """List the environments: engines, task types, default settings, how to use real data."""
     from sdar_bench.envs import ENVS
 
-    table = Table(title="environments")
-    for head in ("name", "engine", "task types", "defaults", "description"):
+    table = Table(
+        title="environments (offline engines ship with the package; panels are generated, any size)"
+    )
+    for head in ("name", "task types", "defaults", "real data", "description"):
         table.add_column(head)
     for name, cls in sorted(ENVS.items()):
-        defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
-        table.add_row(name, "offline", ", ".join(cls.task_types), defaults, cls.description)
+        defaults = ", ".join(
+            f"{k}={v}" for k, v in cls.Params().model_dump().items() if v is not None
+        )
+        real = cls.real_data or "not yet (offline engine only)"
+        table.add_row(name, ", ".join(cls.task_types), defaults, real, cls.description)
     console.print(table)
 
 

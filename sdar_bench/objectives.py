@@ -36,10 +36,10 @@ overflow to inf, whose 0·inf would turn the masked token-mean into NaN."""
 class SkillParams(MethodParams):
     """Knobs of methods that put a skill block in some prompt (student's or teacher's)."""
 
-    retrieval: Literal["keyword", "full", "random"] = "keyword"
+    retrieval: Literal["keyword", "full", "random", "ucb", "embedding"] = "keyword"
     """Skill retrieval mode (SPEC §3; ``sdar_bench.skills.RETRIEVERS``): keyword (default), full,
-    random. Read by the trainer; kept on the method so a suite can sweep it like any other
-    method parameter."""
+    random, ucb, embedding. Read by the trainer; kept on the method so a suite can sweep it like
+    any other method parameter."""
 
 
 class TeacherParams(SkillParams):

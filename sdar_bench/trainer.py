@@ -227,6 +227,9 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         skills=state.train_skills,
     )
     batch = build_batch(episodes, env, policy, state.teacher_skills)
+    for retriever in {id(r): r for r in (state.train_skills, state.teacher_skills) if r}.values():
+        for episode in episodes:  # the ucb retriever learns which skill goes with success
+            retriever.feedback(episode.task, float(episode.won))
     t1 = time.perf_counter()
 
     pad = policy.pad_id

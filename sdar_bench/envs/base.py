@@ -85,6 +85,8 @@ class Env(ABC):
     default_c_kl: ClassVar[float] = 0.01
     eval_temperature: ClassVar[float] = 0.4  # SPEC §6 (Search-QA: greedy)
     response_tag: ClassVar[str] = "action"
+    real_data: ClassVar[str] = ""
+    """How to run on the original data instead of the offline engine ("" = not available yet)."""
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)

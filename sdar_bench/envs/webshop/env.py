@@ -108,6 +108,7 @@ class WebshopEnv(Env):
     """WebShop: search, results, item pages and WebShop's score (offline catalogue or real data)."""
 
     name: ClassVar[str] = "webshop"
+    real_data: ClassVar[str] = "data_dir: a folder with WebShop's product and goal JSON files"
     description: ClassVar[str] = (
         "WebShop shopping: BM25 search, results and item pages, options, WebShop's score."
     )
