@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,17 @@ class Env(ABC):
     def panel_hash(self, tasks: Sequence[Task]) -> str:
         text = "\n".join(f"{t.id}|{t.task_type}|{t.seed}|{t.goal}" for t in tasks)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+_PLACEHOLDER = re.compile(r"\{\w*(:[^}]*)?\}")
+_TAG = re.compile(r"</?\w+>")
+
+
+def words(text: str) -> list[str]:
+    """The word-level split of the tiny models' vocabulary (lower-cased), with response tags and
+    ``str.format`` placeholders removed, so templates can list their words for ``vocabulary``."""
+    return _WORD.findall(_TAG.sub(" ", _PLACEHOLDER.sub(" ", text)).lower())
 
 
 def task_seed(*parts: object) -> int:

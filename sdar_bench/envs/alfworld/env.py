@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import ClassVar
@@ -22,7 +21,15 @@ from sdar_bench.envs.alfworld.world import (
     AlfworldGame,
     generate_scene,
 )
-from sdar_bench.envs.base import Env, EnvParams, Game, Observation, Task, task_seed
+from sdar_bench.envs.base import (
+    Env,
+    EnvParams,
+    Game,
+    Observation,
+    Task,
+    task_seed,
+    words,
+)
 
 # The goal comes last, right before the answer: a tiny model attends to recent tokens first, and
 # a real model loses nothing by reading the task after the state it applies to.
@@ -33,14 +40,6 @@ PROMPT_TAIL = (
     "Your task is to: {goal}\n"
     "Answer with <think> your reasoning </think> <action> one admissible action </action>."
 )
-_WORD = re.compile(r"\w+|[^\w\s]")
-_PLACEHOLDER = re.compile(r"\{\w*\}")
-_TAG = re.compile(r"</?\w+>")
-
-
-def words(text: str) -> list[str]:
-    """The word-level split the tiny models' tokenizer uses, tags and placeholders removed."""
-    return _WORD.findall(_TAG.sub(" ", _PLACEHOLDER.sub(" ", text)).lower())
 
 
 class AlfworldParams(EnvParams):

@@ -9,7 +9,6 @@ parsed into the actions ``"search: q"`` / ``"answer: a"`` that ``SearchQAGame.st
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from importlib.resources import files
@@ -17,7 +16,15 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sdar_bench.envs.base import Env, EnvParams, Game, Observation, Task, task_seed
+from sdar_bench.envs.base import (
+    Env,
+    EnvParams,
+    Game,
+    Observation,
+    Task,
+    task_seed,
+    words,
+)
 from sdar_bench.envs.parsing import ParsedTurn, normalize_command, parse_tagged
 from sdar_bench.envs.searchqa.data import QAItem, balanced_order, load_corpus, load_qa
 from sdar_bench.envs.searchqa.engine import (
@@ -69,14 +76,6 @@ HOP_TARGET_OF = {
     "org": "organisation",
     "work": "work",
 }
-_WORD = re.compile(r"\w+|[^\w\s]")
-_PLACEHOLDER = re.compile(r"\{\w*\}")
-_TAG = re.compile(r"</?\w+>")
-
-
-def words(text: str) -> list[str]:
-    """The word-level split the tiny models' tokenizer uses, tags and placeholders removed."""
-    return _WORD.findall(_TAG.sub(" ", _PLACEHOLDER.sub(" ", text)).lower())
 
 
 class SearchQAParams(EnvParams):

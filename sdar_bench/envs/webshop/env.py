@@ -16,7 +16,15 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from sdar_bench.envs.base import Env, EnvParams, Game, Observation, Task, task_seed
+from sdar_bench.envs.base import (
+    Env,
+    EnvParams,
+    Game,
+    Observation,
+    Task,
+    task_seed,
+    words,
+)
 from sdar_bench.envs.parsing import ParsedTurn, parse_tagged
 from sdar_bench.envs.webshop.catalog import (
     CATEGORIES,
@@ -46,9 +54,6 @@ PROMPT_TAIL = (
     "Your task is to: {goal}\n"
     "Answer with <think> your reasoning </think> <action> one admissible action </action>."
 )
-_WORD = re.compile(r"\w+|[^\w\s]")
-_PLACEHOLDER = re.compile(r"\{\w*(:[^}]*)?\}")
-_TAG = re.compile(r"</?\w+>")
 _PUNCT_PAIR = re.compile(r"([^\w\s])(?=[^\w\s])")
 
 # WebShop's split of its human goals (``web_agent_text_env.py``): shuffle with seed 233, the
@@ -56,11 +61,6 @@ _PUNCT_PAIR = re.compile(r"([^\w\s])(?=[^\w\s])")
 REAL_SHUFFLE_SEED = 233
 REAL_TEST, REAL_TRAIN_START = 500, 1500
 EVAL_SPLITS = ("eval", "test", "valid")
-
-
-def words(text: str) -> list[str]:
-    """The word-level split the tiny models' tokenizer uses, tags and placeholders removed."""
-    return _WORD.findall(_TAG.sub(" ", _PLACEHOLDER.sub(" ", text)).lower())
 
 
 def display(text: str) -> str:
