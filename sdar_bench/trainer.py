@@ -66,7 +66,7 @@ def build_batch(
         for turn in episode.turns:
             prompts.append(turn.prompt_ids)
             if skill_text is not None:
-                teacher.append(policy.encoder.encode(turn.prompt, skill_text))
+                teacher.append(policy.encoder.add_skill(turn.prompt_ids, skill_text))
             responses.append(turn.response_ids)
             invalid = turn.action is None
             rewards.append(episode.reward - (env.invalid_penalty if invalid else 0.0))

@@ -79,6 +79,7 @@ def test_teacher_ids_differ_from_student_only_by_the_skill_block(tiny_policy) ->
     student, teacher = enc.encode(prompt), enc.encode(prompt, skill)
     block = enc.skill_ids(skill)
     assert teacher == block + student
+    assert enc.add_skill(student, skill) == teacher
     assert tiny_policy.tokenizer.decode(block).startswith("[ privileged skill information ] #")
 
 
@@ -98,6 +99,7 @@ def test_chat_template_prefix_and_suffix_surround_the_skill_block() -> None:
     assert teacher[: len(prefix)] == student[: len(prefix)] == prefix
     skill = enc.skill_ids("skill text")
     assert teacher == prefix + skill + student[len(prefix) :]
+    assert enc.add_skill(student, "skill text") == teacher
 
 
 def test_truncation_cuts_the_oldest_prompt_text_never_the_skill_block(tiny_policy) -> None:

@@ -52,6 +52,12 @@ class PromptEncoder:
             self._skill_cache[skill_text] = self._ids(skill_block(skill_text))
         return self._skill_cache[skill_text]
 
+    def add_skill(self, student_ids: list[int], skill_text: str) -> list[int]:
+        """The teacher's ids from the student's (no re-tokenisation): the skill block goes in
+        right after the template prefix. Equal to ``encode(prompt, skill_text)``."""
+        n = len(self.prefix)
+        return [*student_ids[:n], *self.skill_ids(skill_text), *student_ids[n:]]
+
     def encode(self, prompt: str, skill_text: str | None = None) -> list[int]:
         """Prompt ids, with the skill block when ``skill_text`` is given.
 
