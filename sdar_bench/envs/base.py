@@ -171,6 +171,13 @@ def words(text: str) -> list[str]:
     return _WORD.findall(_TAG.sub(" ", _PLACEHOLDER.sub(" ", text)).lower())
 
 
+def distinct_known(value: tuple[str, ...], known: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """Validate a non-empty tuple of distinct names from ``known`` (a pydantic field check)."""
+    if not value or len(set(value)) != len(value) or any(v not in known for v in value):
+        raise ValueError(f"{field} must be distinct names from {known}, got {list(value)}")
+    return value
+
+
 def task_seed(*parts: object) -> int:
     """A stable 63-bit seed from any parts (Python's ``hash`` is salted per process)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()

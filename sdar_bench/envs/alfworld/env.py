@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from importlib.resources import files
+from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field, field_validator
@@ -27,6 +26,7 @@ from sdar_bench.envs.base import (
     Game,
     Observation,
     Task,
+    distinct_known,
     task_seed,
     words,
 )
@@ -59,12 +59,7 @@ class AlfworldParams(EnvParams):
     @field_validator("task_types")
     @classmethod
     def _known_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in value if t not in TASK_TYPES]
-        if unknown or not value or len(set(value)) != len(value):
-            raise ValueError(
-                f"task_types must be distinct names from {TASK_TYPES}, got {list(value)}"
-            )
-        return value
+        return distinct_known(value, TASK_TYPES, "task_types")
 
 
 class AlfworldEnv(Env):
@@ -124,6 +119,8 @@ class AlfworldEnv(Env):
 
     # ---- vocabulary ----------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
+        from sdar_bench.skills import skill_bank  # skills imports envs: import here
+
         texts: list[str] = [
             PROMPT_PAIR,
             PROMPT_TAIL,
@@ -135,12 +132,6 @@ class AlfworldEnv(Env):
             *RECEPTACLE_TYPES,
             LAMP,
             *(str(i) for i in range(1, MAX_NUMBER + 1)),
-            *_skill_texts(),
+            *skill_bank(self.name).values(),  # the teacher's prompts show them
         ]
         return sorted({w for text in texts for w in words(text)})
-
-
-def _skill_texts() -> Iterable[str]:
-    """The skill bank's text: the teacher's prompts show it, so its words need tokens too."""
-    folder = files("sdar_bench") / "skills" / "alfworld"
-    return [p.read_text() for p in folder.iterdir() if p.name.endswith(".md")]

@@ -9,9 +9,8 @@ parsed into the actions ``"search: q"`` / ``"answer: a"`` that ``SearchQAGame.st
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
-from importlib.resources import files
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +21,7 @@ from sdar_bench.envs.base import (
     Game,
     Observation,
     Task,
+    distinct_known,
     task_seed,
     words,
 )
@@ -123,12 +123,7 @@ class SearchQAParams(EnvParams):
     @field_validator("data_sources")
     @classmethod
     def _known_sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [s for s in value if s not in DATA_SOURCES]
-        if unknown or not value or len(set(value)) != len(value):
-            raise ValueError(
-                f"data_sources must be distinct names from {DATA_SOURCES}, got {list(value)}"
-            )
-        return value
+        return distinct_known(value, DATA_SOURCES, "data_sources")
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchQAParams:
@@ -343,6 +338,8 @@ class SearchQAEnv(Env):
     def vocabulary(self) -> list[str]:
         """Every word of the offline world, prompts, expert responses and skill bank (it does
         not depend on the world's knobs; real data brings its own words)."""
+        from sdar_bench.skills import skill_bank  # skills imports envs: import here
+
         texts: list[str] = [
             PROMPT_SEARCH,
             PROMPT_TAIL,
@@ -363,7 +360,7 @@ class SearchQAEnv(Env):
             *(w for pool in name_pools().values() for w in pool),
             *(str(i) for i in range(100)),
             *(f"{i:02d}" for i in range(10)),
-            *_skill_texts(),
+            *skill_bank(self.name).values(),  # the teacher's prompts show them
         ]
         return sorted({w for text in texts for w in words(text)})
 
@@ -373,9 +370,3 @@ def _render_turn(action: str, information: str) -> str:
     if decoded is not None and decoded[0] == SEARCH:
         return PROMPT_SEARCH.format(query=decoded[1], information=information)
     return PROMPT_NOTE.format(information=information)  # an invalid turn: its notice
-
-
-def _skill_texts() -> Iterable[str]:
-    """The skill bank's text: the teacher's prompts show it, so its words need tokens too."""
-    folder = files("sdar_bench") / "skills" / "searchqa"
-    return [p.read_text() for p in folder.iterdir() if p.name.endswith(".md")]

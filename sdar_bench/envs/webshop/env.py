@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import ClassVar
 
@@ -229,6 +228,8 @@ class WebshopEnv(Env):
 
     # ---- vocabulary ----------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
+        from sdar_bench.skills import skill_bank  # skills imports envs: import here
+
         texts: list[str] = [
             PROMPT_PAIR,
             PROMPT_TAIL,
@@ -242,16 +243,8 @@ class WebshopEnv(Env):
             *(f"{i:02d}" for i in range(10)),
             *(text for p in self.shop.products for text in product_pages(p)),
             *(p.asin for p in self.shop.products),
-            *_skill_texts(),
+            *skill_bank(self.name).values(),  # the teacher's prompts show them
         ]
         if self.goals is not None:
             texts += [g.instruction for g in self.goals]
         return sorted({w for text in texts for w in words(text)})
-
-
-def _skill_texts() -> Iterable[str]:
-    """The skill bank's text: the teacher's prompts show it, so its words need tokens too."""
-    folder = files("sdar_bench") / "skills" / "webshop"
-    if not folder.is_dir():
-        return []
-    return [p.read_text() for p in folder.iterdir() if p.name.endswith(".md")]
