@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+from envcheck import played_words, wander
 from pydantic import ValidationError
 
 from sdar_bench.envs.alfworld import AlfworldEnv, AlfworldGame
@@ -269,23 +270,7 @@ def test_prompt_shows_goal_history_and_actions() -> None:
 def test_vocabulary_covers_prompts_and_expert_responses() -> None:
     env = AlfworldEnv()
     vocab = set(env.vocabulary())
-    seen: set[str] = set()
-    rng = random.Random(1)
-    for task in env.panel(200, split="train"):
-        game = env.new_game(task)
-        obs = game.reset()
-        history: list[tuple[str, str]] = []
-        while not obs.done:
-            action = game.expert_action()
-            assert action is not None
-            response = env.format_response(action, env.expert_thought(game, action))
-            seen.update(words(env.render_prompt(task, history, obs, len(history))))
-            seen.update(words(response))
-            if rng.random() < 0.2:  # wander a little so rarer responses show up too
-                action = rng.choice(obs.admissible)
-            history.append((obs.text, action))
-            obs = game.step(action)
-        seen.update(words(obs.text))
+    seen = played_words(env, env.panel(200, split="train"), wander(0.2), seed=1)
     assert seen - vocab == set()
     assert "think" not in seen
 

@@ -13,6 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from envcheck import played_words
 from pydantic import ValidationError
 
 from sdar_bench.envs.base import Observation, Task
@@ -274,22 +275,11 @@ def test_vocabulary_covers_prompts_information_and_expert_responses(env: SearchQ
     vocab = set(env.vocabulary())
     assert len(vocab) < 2000
     assert vocab == set(SearchQAEnv(n_people=40, world_seed=3).vocabulary())
-    seen: set[str] = set()
-    rng = random.Random(0)
-    for task in env.panel(100, split="train"):
-        game = env.new_game(task)
-        obs = game.reset()
-        history: list[tuple[str, str]] = []
-        while not obs.done:
-            action = game.expert_action()
-            assert action is not None
-            seen.update(words(env.render_prompt(task, history, obs, len(history))))
-            seen.update(words(env.format_response(action, env.expert_thought(game, action))))
-            if rng.random() < 0.15:  # an invalid turn now and then: its notice shows too
-                action = None
-            history.append((obs.text, action or "invalid"))
-            obs = game.step(action)
-        seen.update(words(obs.text))
+
+    def sometimes_invalid(rng: random.Random, obs: Observation, expert: str) -> str | None:
+        return None if rng.random() < 0.15 else expert  # the invalid-turn notice shows too
+
+    seen = played_words(env, env.panel(100, split="train"), sometimes_invalid)
     assert seen - vocab == set()
     assert "think" not in seen and "information" not in seen
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from envcheck import played_words, wander
 
 from sdar_bench.envs.base import Observation, Task
 from sdar_bench.envs.webshop import WebshopEnv, WebshopGame
@@ -339,23 +340,7 @@ def test_vocabulary_covers_prompts_and_expert_responses() -> None:
     env = WebshopEnv()
     vocab = set(env.vocabulary())
     assert len(vocab) < 1500
-    seen: set[str] = set()
-    rng = random.Random(1)
-    for task in env.panel(100, split="train"):
-        game = env.new_game(task)
-        obs = game.reset()
-        history: list[tuple[str, str]] = []
-        while not obs.done:
-            action = game.expert_action()
-            assert action is not None
-            response = env.format_response(action, env.expert_thought(game, action))
-            seen.update(words(env.render_prompt(task, history, obs, len(history))))
-            seen.update(words(response))
-            if rng.random() < 0.2:  # wander a little so rarer pages show up too
-                action = rng.choice(obs.admissible)
-            history.append((obs.text, action))
-            obs = game.step(action)
-        seen.update(words(obs.text))
+    seen = played_words(env, env.panel(100, split="train"), wander(0.2), seed=1)
     assert seen - vocab == set()
     assert "think" not in seen
 
