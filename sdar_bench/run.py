@@ -85,11 +85,7 @@ def manifest(spec: RunSpec, panel_hash: str, extra: dict[str, Any]) -> dict[str,
 
 def _jsonl(path: Path, row: dict[str, Any]) -> None:
     with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=_finite) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    return str(value)
+        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
 def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dict[str, Any]:

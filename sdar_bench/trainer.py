@@ -30,7 +30,7 @@ from sdar_bench.envs.base import Env, Task
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend, TransformersBackend
 from sdar_bench.policy.scoring import response_logprobs, score_in_chunks
-from sdar_bench.registry import Method, get_method
+from sdar_bench.registry import Method, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
 from sdar_bench.skills import SkillRetriever
 from sdar_bench.token_view import TokenView
@@ -109,11 +109,11 @@ class RunState:
 def setup(spec: RunSpec, policy: Policy) -> RunState:
     env = make_env(spec.env, **spec.env_params)
     params: dict[str, Any] = dict(spec.method_params)
-    method = get_method(spec.method, **params)
-    if "c_kl" not in spec.method_params and hasattr(method.params, "c_kl"):
+    if "c_kl" in get_method_class(spec.method).Params.model_fields:
         # The KL weight is per env in the paper (0.001 on Search-QA): the env's default applies
         # unless the suite sets it.
-        method = get_method(spec.method, **{**params, "c_kl": env.default_c_kl})
+        params.setdefault("c_kl", env.default_c_kl)
+    method = get_method(spec.method, **params)
     retrieval = getattr(method.params, "retrieval", "keyword")
     skills = SkillRetriever(env.name, retrieval, spec.seed)
 
