@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from sdar_bench.config import SuiteSpec
 
 app = typer.Typer(
     help="Compare agentic RL methods (GRPO, OPSD hybrids, SDAR, …) on ALFWorld-style envs, reproducibly.",
@@ -20,7 +23,7 @@ app = typer.Typer(
 console = Console()
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our progress bars are the ones a user reads: silence the libraries' own."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -37,6 +40,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _load(suite_file: Path) -> SuiteSpec:
+    from sdar_bench.config import SpecError, load_suite
+
+    try:
+        return load_suite(suite_file)
+    except SpecError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
 @app.command()
 def run(
     suite_file: Annotated[Path, typer.Argument(help="Suite YAML, e.g. suites/quickstart.yaml.")],
@@ -44,24 +57,114 @@ def run(
         Path | None,
         typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", "-j", min=1, help="Runs at a time on this machine (local executor)."
+        ),
+    ] = 1,
+    executor: Annotated[
+        str,
+        typer.Option(help="local (this machine) or ray (one Ray task per run)."),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (ray executor); default: start a local Ray."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite file "
+            "results/<suite>/mlflow.db)."
+        ),
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log runs to MLflow.")] = True,
 ) -> None:
-    """Run every unfinished run of a suite, then print and write its comparison table."""
-    from sdar_bench.config import SpecError, load_suite
-    from sdar_bench.policy import ModelNotFound
+    """Run every unfinished run of a suite, then print and write its comparison table.
 
-    _quiet_libraries()
-    try:
-        suite = load_suite(suite_file)
-    except SpecError as exc:
-        _fail(str(exc))
+    Re-running the same command skips finished runs and resumes unfinished ones from their
+    last checkpoint. Everything a run needs (weights, data, a writable results folder, the
+    tracking store) is checked first.
+    """
+    from sdar_bench.plan import preflight
+    from sdar_bench.suite import EXECUTORS, run_suite
+    from sdar_bench.tracking import SuiteTracker
+    from sdar_bench.tracking import tracking_uri as resolve_uri
+
+    quiet_libraries()
+    suite = _load(suite_file)
+    if executor not in EXECUTORS:
+        _fail(f"--executor: unknown executor {executor!r} (choose {' or '.join(EXECUTORS)})")
     out = results or Path("results") / suite.name
-    from sdar_bench.suite import run_suite
+    uri = resolve_uri(out, tracking_uri) if mlflow else None
+    problems = preflight(suite, out, needs_gpu_ok=True if executor == "ray" else None, uri=uri)
+    if problems:
+        more = f" (and {len(problems) - 1} more: see `sdar-bench plan {suite_file}`)"
+        _fail(problems[0] + (more if len(problems) > 1 else ""))
+    params = suite.model_dump(mode="json")
+    with SuiteTracker(suite.name, out, uri=uri, suite_params=params, enabled=mlflow) as tracker:
+        run_suite(
+            suite, out, console, workers=workers, executor=executor, address=address,
+            tracker=tracker,
+        )  # fmt: skip
+        _print_report(out)
+        tracker.log_artifacts(
+            [p for p in (out / "table.md", out / "table.csv", out / "table.tex", out / "plots")
+             if p.exists()]
+        )  # fmt: skip
+    if mlflow:
+        console.print(
+            f"MLflow: {tracker.uri} (experiment {suite.name}); browse: sdar-bench ui {out}"
+        )
 
-    try:
-        run_suite(suite, out, console)
-    except ModelNotFound as exc:
-        _fail(str(exc))
-    _print_report(out)
+
+@app.command()
+def plan(
+    suite_file: Annotated[Path, typer.Argument(help="Suite YAML to expand.")],
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
+    ] = None,
+) -> None:
+    """Print the runs a suite expands to, what each needs, and a rough cost; loads no model."""
+    from sdar_bench.plan import plan_suite, preflight
+
+    suite = _load(suite_file)
+    out = results or Path("results") / suite.name
+    plans = plan_suite(suite, out)
+    table = Table(title=f"{suite.name}: {len(plans)} runs → {out}")
+    for head in ("run", "state", "weights", "data", "device", "est. time"):
+        table.add_column(head, overflow="fold")
+    for p in plans:
+        weights = (
+            "[green]present[/]" if p.model.present else f"[red]missing[/]: {p.model.how_to_get}"
+        )
+        data = p.data if p.data_ok else f"[red]{p.data}[/]"
+        table.add_row(
+            p.spec.run_id, p.state, weights, data, "GPU" if p.needs_gpu else "CPU",
+            _duration(p.seconds) if p.state != "finished" and p.seconds == p.seconds else "–",
+        )  # fmt: skip
+    console.print(table)
+    left = [p for p in plans if p.state != "finished"]
+    gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
+    cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
+    console.print(
+        f"{len(left)} runs to do: about {_duration(cpu)} of CPU time and {_duration(gpu)} of GPU "
+        "time (rough upper bound: every episode at max_turns)"
+    )
+    problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
+    for problem in problems:
+        console.print(f"[red]missing:[/] {problem}", highlight=False)
+    if not problems:
+        console.print("[green]everything these runs need is on this machine[/]")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _progress_callback(progress: Progress, bar: TaskID) -> object:
@@ -98,7 +201,7 @@ def warmstart(
     from sdar_bench.policy.tiny import TINY_MODELS
     from sdar_bench.warmstart import SHIPPED, warm_start, warmstart_key
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         suite = load_suite(suite_file)
     except SpecError as exc:
@@ -134,18 +237,27 @@ def warmstart(
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
 ) -> None:
-    """Rebuild table.md / table.csv from a results directory and print the tables."""
+    """Rebuild table.md, table.csv, table.tex and plots/ from a results directory; print them."""
     if not (results_dir / "runs").is_dir():
         _fail(f"{results_dir}: no runs/ folder here; pass the directory `sdar-bench run` wrote")
     _print_report(results_dir)
 
 
 def _print_report(results_dir: Path) -> None:
+    from sdar_bench.report.plots import write_plots
     from sdar_bench.report.table import WHICH, format_cell, write_report
 
     report = write_report(results_dir)
+    for record in report.failed:
+        reason = record.result.get("reason") or "no reason recorded"
+        console.print(f"[red]failed run[/] {record.run_id}: {reason}", highlight=False)
+    for record, verdict in report.collapse:
+        if verdict.flagged:
+            console.print(
+                f"[yellow]collapse suspected[/] {record.run_id}: {verdict.reason}", highlight=False
+            )
     if not report.tables:
-        console.print("no finished runs yet")
+        console.print("no finished runs yet" if not report.failed else "every run failed")
         return
     for (env, which), frame in report.tables.items():
         columns = report.columns[env]
@@ -160,7 +272,30 @@ def _print_report(results_dir: Path) -> None:
         console.print(table)
     for setting in report.teacher_quality:
         console.print(f"teacher quality — {setting}")
-    console.print(f"tables written to {results_dir}/table.md and table.csv")
+    plots = write_plots(results_dir)
+    console.print(
+        f"tables written to {results_dir}/table.md, table.csv and table.tex; "
+        f"{len(plots)} plots in {results_dir}/plots/"
+    )
+
+
+@app.command()
+def ui(
+    results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+) -> None:
+    """Start the MLflow UI over a results directory's tracking store and print its URL."""
+    from sdar_bench.tracking import DEFAULT_DB, ui_command
+
+    if not (results_dir / DEFAULT_DB).exists():
+        _fail(
+            f"{results_dir}: no {DEFAULT_DB} here; pass the directory `sdar-bench run` wrote "
+            "(runs logged to a tracking server have their UI there)"
+        )
+    argv = ui_command(results_dir, host, port)
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    os.execv(argv[0], argv)
 
 
 @app.command()

@@ -44,6 +44,12 @@ class TrainSpec(Strict):
     """Response token budget per turn."""
     max_prompt_tokens: int = Field(2048, ge=16)
     """Prompt budget without the skill block; older history is cut first, skills never."""
+    checkpoint_every: int = Field(10, ge=0)
+    """Save weights, optimiser and RNG state every this many steps, so an interrupted run
+    resumes there with the same numbers (0: never; the run restarts from step 0)."""
+    max_nonfinite_in_a_row: int = Field(3, ge=1)
+    """Steps in a row whose every update had a non-finite loss or gradient (and was skipped)
+    after which the run stops as failed; the suite goes on with the next run."""
 
 
 class EvalSpec(Strict):

@@ -1,8 +1,9 @@
 """Execute one run: warm start (tiny models), training, evaluation, and its files on disk.
 
 A run directory holds ``spec.yaml``, ``manifest.json``, ``metrics.jsonl`` (one line per step),
-``eval.jsonl`` (one line per evaluation and skill mode) and, last, ``result.json``: a run is
-finished exactly when ``result.json`` exists, which is what resume keys on.
+``eval.jsonl`` (one line per evaluation and skill mode), ``checkpoint.pt`` while it trains and,
+last, ``result.json``: a run is finished exactly when ``result.json`` exists, which is what
+resume keys on; an unfinished run with a checkpoint continues from it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 import torch
 import yaml
 
+from sdar_bench.checkpoint import CHECKPOINT_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from sdar_bench.config import RunSpec
-from sdar_bench.policy import load_policy
+from sdar_bench.policy import Policy, load_policy
 from sdar_bench.policy.tiny import TINY_MODELS
 from sdar_bench.skills import skill_hashes
 from sdar_bench.trainer import evaluate, setup, train_step
@@ -88,44 +90,40 @@ def _jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
+class RunFailed(RuntimeError):
+    """The run cannot go on (e.g. non-finite updates in a row); the reason lands in its files."""
+
+
 def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dict[str, Any]:
-    """Run ``spec`` into ``run_dir`` (restarting it from scratch if it was left unfinished)."""
-    if run_dir.exists():
+    """Run ``spec`` into ``run_dir``: from its last checkpoint when it has one, else from scratch.
+
+    A run that fails (``RunFailed``) still writes ``result.json`` with ``status: failed`` and
+    the reason, so the suite goes on and the report lists it.
+    """
+    resume = has_checkpoint(run_dir)
+    if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.yaml").write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
     torch.manual_seed(spec.seed)
     started = time.perf_counter()
 
-    policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
-    warm = {}
-    if spec.model in TINY_MODELS and spec.warmstart.enabled:
-        callback("warmstart", {"run_id": spec.run_id})
-        from sdar_bench.envs import make_env
-
-        t0 = time.perf_counter()
-        env = make_env(spec.env, **spec.env_params)
-        model_dir = str(policy.model.name_or_path)
-        checkpoint, cached = warm_start(policy, env, spec, model_dir)
-        policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens)
-        warm = {
-            "warmstart": {
-                "checkpoint": str(checkpoint),
-                "cached": cached,
-                "seconds": time.perf_counter() - t0,
-            }
-        }
+    policy, warm = initial_policy(spec, callback)
     torch.manual_seed(spec.seed)
-
     state = setup(spec, policy)
+
+    first_step = 0
+    if resume:
+        first_step = load_checkpoint(state, run_dir)
+        warm["resumed_from_step"] = first_step
+    metrics_rows = _keep_rows(run_dir / "metrics.jsonl", first_step)
+    evals = _keep_rows(run_dir / "eval.jsonl", first_step)
     write_json_atomic(
         run_dir / "manifest.json", manifest(spec, state.env.panel_hash(state.panel), warm)
     )
-    callback("start", {"run_id": spec.run_id, "steps": spec.train.steps})
-
-    evals: list[dict[str, Any]] = []
+    callback("start", {"run_id": spec.run_id, "steps": spec.train.steps, "from": first_step})
 
     def run_eval(step: int) -> None:
         for row in evaluate(state, step):
@@ -133,23 +131,83 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
             evals.append(row)
             callback("eval", row)
 
-    run_eval(0)
-    if state.method.trains:
-        for step in range(spec.train.steps):
-            metrics = train_step(state, step)
-            metrics["step"] = step + 1
-            _jsonl(run_dir / "metrics.jsonl", metrics)
-            callback("step", metrics)
-            if (step + 1) % spec.eval.every == 0 or step + 1 == spec.train.steps:
-                run_eval(step + 1)
+    status, reason = "finished", None
+    if not resume:
+        run_eval(0)
+    try:
+        if state.method.trains:
+            for step in range(first_step, spec.train.steps):
+                metrics = train_step(state, step)
+                metrics["step"] = step + 1
+                _jsonl(run_dir / "metrics.jsonl", metrics)
+                metrics_rows.append(metrics)
+                callback("step", metrics)
+                if state.nonfinite_in_a_row >= spec.train.max_nonfinite_in_a_row:
+                    raise RunFailed(
+                        f"{state.nonfinite_in_a_row} steps in a row had only non-finite updates "
+                        f"(train.max_nonfinite_in_a_row = {spec.train.max_nonfinite_in_a_row}); "
+                        "lower train.lr or the method's coefficients"
+                    )
+                if (step + 1) % spec.eval.every == 0 or step + 1 == spec.train.steps:
+                    run_eval(step + 1)
+                every = spec.train.checkpoint_every
+                if every and (step + 1) % every == 0 and step + 1 < spec.train.steps:
+                    save_checkpoint(state, step + 1, run_dir)
+    except RunFailed as exc:
+        status, reason = "failed", str(exc)
 
     result = summarize(evals)
     result.update(
-        {"run_id": spec.run_id, "seconds": time.perf_counter() - started, "status": "finished"}
+        {
+            "run_id": spec.run_id,
+            "seconds": time.perf_counter() - started,
+            "status": status,
+            "reason": reason,
+            "nonfinite_steps": state.nonfinite_steps,
+        }
     )
     write_json_atomic(run_dir / RESULT_FILE, result)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: the weights are not needed
     callback("done", result)
     return result
+
+
+def initial_policy(spec: RunSpec, callback: Callback) -> tuple[Policy, dict[str, Any]]:
+    """The policy every method of the suite starts from: the warm start for tiny models."""
+    policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
+    if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
+        return policy, {}
+    callback("warmstart", {"run_id": spec.run_id})
+    from sdar_bench.envs import make_env
+
+    t0 = time.perf_counter()
+    env = make_env(spec.env, **spec.env_params)
+    model_dir = str(policy.model.name_or_path)
+    checkpoint, cached = warm_start(policy, env, spec, model_dir)
+    policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens)
+    info = {"checkpoint": str(checkpoint), "cached": cached, "seconds": time.perf_counter() - t0}
+    return policy, {"warmstart": info}
+
+
+def _keep_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
+    """Rows of a jsonl log up to ``last_step``, rewriting the file to hold only those.
+
+    After a kill the log may run past the checkpoint, or end in a half-written line; both are
+    dropped so the resumed run appends exactly where the checkpoint stands.
+    """
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if row.get("step", 0) <= last_step:
+                rows.append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+        os.replace(tmp, path)
+    return rows
 
 
 def summarize(evals: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,7 +1,26 @@
-"""Run a suite: expand the grid, skip finished runs, execute the rest, write the report."""
+"""Run a suite: expand the grid, skip finished runs, execute the rest, write the report.
+
+Three executors share one unit of work, ``execute_run`` on one ``RunSpec``:
+
+* ``local`` with one worker: runs one after another in this process, with a progress bar per
+  run (the default; the CPU quickstart);
+* ``local`` with N workers: N spawned processes, each with cores ÷ N torch threads;
+* ``ray``: one Ray task per run with its CPU/GPU request, on a local Ray instance or the
+  cluster at ``--address``. Workers write into the results folder and read the warm-start
+  cache, so on a multi-node cluster both must be on shared storage.
+
+Warm starts are trained here, before any run starts, so parallel runs never train the same one
+twice. A run that crashes is recorded (``error.txt`` with the traceback) and the suite goes on.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -9,55 +28,247 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sdar_bench.config import RunSpec, SuiteSpec
-from sdar_bench.run import execute_run, is_finished
+from sdar_bench.run import Callback, execute_run, is_finished
+from sdar_bench.tracking import RunTracker, SuiteTracker
+
+EXECUTORS = ("local", "ray")
 
 
 def run_dir(results: Path, spec: RunSpec) -> Path:
     return results / "runs" / spec.run_id
 
 
+def safe_execute(spec: RunSpec, folder: Path, callback: Callback | None = None) -> dict[str, Any]:
+    """``execute_run``, but a crash becomes a recorded outcome instead of ending the suite."""
+    try:
+        return execute_run(spec, folder, callback) if callback else execute_run(spec, folder)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any bug in one run must not lose the others
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text(traceback.format_exc())
+        return {
+            "run_id": spec.run_id,
+            "status": "crashed",
+            "reason": f"{type(exc).__name__}: {exc}",
+        }
+
+
+def _worker(spec_json: str, folder: str, threads: int) -> dict[str, Any]:
+    """Entry point of a worker process or Ray task: one run, its own torch thread budget."""
+    import torch
+
+    from sdar_bench.cli import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    return safe_execute(RunSpec.model_validate_json(spec_json), Path(folder))
+
+
+def prepare_warm_starts(runs: list[RunSpec], console: Console) -> None:
+    """Train (or find) every warm start the runs need, once each, before they start."""
+    from sdar_bench.policy.tiny import TINY_MODELS
+    from sdar_bench.run import initial_policy
+
+    seen: set[str] = set()
+    for spec in runs:
+        if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
+            continue
+        ws_seed = spec.seed if spec.warmstart.seed is None else spec.warmstart.seed
+        # the warm start's inputs, as in warmstart_key (which needs the built model's path)
+        key = json.dumps(
+            [
+                spec.model,
+                spec.env,
+                spec.env_params,
+                spec.warmstart.model_dump(exclude={"seed"}),
+                ws_seed,
+            ],
+            sort_keys=True,
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        console.print(f"warm start for {spec.model} on {spec.env} (cached after the first time)")
+        initial_policy(spec, lambda event, info: None)
+
+
 def run_suite(
-    suite: SuiteSpec, results: Path, console: Console | None = None
+    suite: SuiteSpec,
+    results: Path,
+    console: Console | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    tracker: SuiteTracker | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute every unfinished run of ``suite`` one after another; returns their results."""
+    """Execute every unfinished run of ``suite``; returns the outcomes of those it executed.
+
+    ``tracker`` (an open ``SuiteTracker``) gets one nested MLflow run per executed run; without
+    one nothing is tracked.
+    """
     console = console or Console()
+    tracker = tracker or SuiteTracker(suite.name, results, enabled=False)
     runs = suite.expand()
     todo = [r for r in runs if not is_finished(run_dir(results, r))]
     console.print(
         f"[bold]{suite.name}[/]: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
         f"results in {results}"
     )
-    outcomes = []
-    with Progress(
+    if not todo:
+        return []
+    if executor == "ray":
+        prepare_warm_starts(todo, console)
+        outcomes = _run_ray(todo, results, console, address, tracker)
+    elif workers > 1:
+        prepare_warm_starts(todo, console)
+        outcomes = _run_processes(todo, results, console, workers, tracker)
+    else:
+        outcomes = _run_here(todo, results, console, tracker)
+    for outcome in outcomes:
+        if outcome.get("status") != "finished":
+            console.print(
+                f"[red]{outcome.get('status')}[/]: {outcome['run_id']}: {outcome.get('reason')}"
+            )
+    return outcomes
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        transient=False,
-    ) as progress:
+    )
+
+
+def _step_callback(
+    progress: Progress, bar: Any, tracked: RunTracker, folder: Path
+) -> Callable[[str, dict[str, Any]], None]:
+    def callback(event: str, info: dict[str, Any]) -> None:
+        if event == "warmstart":
+            progress.update(bar, info="warm start (cached after the first run)")
+        elif event == "start":
+            progress.update(bar, completed=info.get("from", 0))
+            if info.get("from"):  # resumed: MLflow gets the curve up to the checkpoint first
+                tracked.backfill(folder)
+        elif event == "step":
+            tracked.log_step(info["step"], info)
+            progress.update(
+                bar,
+                advance=1,
+                info=f"reward {info['reward/mean']:.2f}  train success {info['success/train']:.0%}",
+            )
+        elif event == "eval":
+            tracked.log_eval(info["step"], info)
+            progress.update(
+                bar, info=f"eval@{info['step']} {info['label']}: {info.get('success/all', 0):.1f}%"
+            )
+
+    return callback
+
+
+def _run_here(
+    todo: list[RunSpec], results: Path, console: Console, tracker: SuiteTracker
+) -> list[dict[str, Any]]:
+    outcomes = []
+    with _progress(console) as progress:
         overall = progress.add_task("suite", total=len(todo), info="")
         for spec in todo:
-            label = f"{spec.method} s{spec.seed}"
-            bar = progress.add_task(label, total=spec.train.steps, info="")
-
-            def callback(event: str, info: dict[str, Any], bar: int = bar) -> None:
-                if event == "warmstart":
-                    progress.update(bar, info="warm start (cached after the first run)")
-                elif event == "step":
-                    progress.update(
-                        bar,
-                        advance=1,
-                        info=f"reward {info['reward/mean']:.2f}  train success {info['success/train']:.0%}",
-                    )
-                elif event == "eval":
-                    progress.update(
-                        bar,
-                        info=f"eval@{info['step']} {info['label']}: {info.get('success/all', 0):.1f}%",
-                    )
-
-            outcomes.append(execute_run(spec, run_dir(results, spec), callback))
+            bar = progress.add_task(f"{spec.method} s{spec.seed}", total=spec.train.steps, info="")
+            folder = run_dir(results, spec)
+            with tracker.run(spec.run_id, spec.model_dump(mode="json")) as tracked:
+                outcome = safe_execute(spec, folder, _step_callback(progress, bar, tracked, folder))
+                _close(tracked, folder, outcome)
+            outcomes.append(outcome)
             progress.update(bar, completed=spec.train.steps)
             progress.update(overall, advance=1)
+    return outcomes
+
+
+def _close(tracked: RunTracker, folder: Path, outcome: dict[str, Any]) -> None:
+    files = ("spec.yaml", "manifest.json", "result.json", "error.txt")
+    tracked.log_artifacts([folder / name for name in files])
+    tracked.finish("FINISHED" if outcome.get("status") == "finished" else "FAILED")
+
+
+def _track_finished(
+    tracker: SuiteTracker, spec: RunSpec, folder: Path, outcome: dict[str, Any]
+) -> None:
+    """Parallel executors: the parent process logs a run once it is done (one writer only)."""
+    with tracker.run(spec.run_id, spec.model_dump(mode="json")) as tracked:
+        tracked.backfill(folder)
+        _close(tracked, folder, outcome)
+
+
+def _run_processes(
+    todo: list[RunSpec], results: Path, console: Console, workers: int, tracker: SuiteTracker
+) -> list[dict[str, Any]]:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    outcomes = []
+    # spawn, not fork: torch's thread pools do not survive a fork
+    with (
+        ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool,
+        _progress(console) as progress,
+    ):
+        overall = progress.add_task(f"suite ({workers} workers)", total=len(todo), info="")
+        futures = {
+            pool.submit(_worker, spec.model_dump_json(), str(run_dir(results, spec)), threads): spec
+            for spec in todo
+        }
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            spec = futures[future]
+            _track_finished(tracker, spec, run_dir(results, spec), outcome)
+            progress.update(
+                overall, advance=1, info=f"{futures[future].run_id} {outcome['status']}"
+            )
+    return outcomes
+
+
+def run_resources(spec: RunSpec) -> dict[str, float]:
+    """A run's Ray request: one GPU for models that need one, else CPUs."""
+    from sdar_bench.policy.catalog import model_info
+
+    return {"num_gpus": 1, "num_cpus": 4} if model_info(spec.model).needs_gpu else {"num_cpus": 1}
+
+
+def _run_ray(
+    todo: list[RunSpec],
+    results: Path,
+    console: Console,
+    address: str | None,
+    tracker: SuiteTracker,
+) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("the ray executor needs Ray: pip install 'sdar-bench[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(_worker)
+    pending = {}
+    for spec in todo:
+        resources = run_resources(spec)
+        threads = int(resources["num_cpus"])
+        ref = remote.options(**resources).remote(
+            spec.model_dump_json(), str(run_dir(results, spec).resolve()), threads
+        )
+        pending[ref] = spec
+    outcomes = []
+    with _progress(console) as progress:
+        overall = progress.add_task("suite (ray)", total=len(todo), info="")
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(done[0])
+            outcome = ray.get(done[0])
+            outcomes.append(outcome)
+            _track_finished(tracker, spec, run_dir(results, spec), outcome)
+            progress.update(overall, advance=1, info=f"{spec.run_id} {outcome['status']}")
+    if started_here:
+        ray.shutdown()
     return outcomes

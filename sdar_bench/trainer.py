@@ -102,7 +102,8 @@ class RunState:
     train_skills: SkillRetriever | None  # skills in the student prompt (Skill-GRPO)
     teacher_skills: SkillRetriever | None  # skills in the teacher prompt
     eval_skills: SkillRetriever
-    nonfinite_steps: int = 0
+    nonfinite_steps: int = 0  # steps whose every update was skipped for a non-finite value
+    nonfinite_in_a_row: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -272,6 +273,12 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     view = view.with_(advantages=advantages)
     update_metrics, first_logp = _update(state, batch, view, step)
     t3 = time.perf_counter()
+    updates = spec.train.ppo_epochs * spec.train.mini_batches
+    if update_metrics["nonfinite/skipped"] == updates:
+        state.nonfinite_steps += 1
+        state.nonfinite_in_a_row += 1
+    else:
+        state.nonfinite_in_a_row = 0
 
     tokens = int(mask.sum().item()) + sum(len(p) for p in batch.prompt_ids)
     metrics: dict[str, Any] = {

@@ -124,6 +124,6 @@ def test_table_cells_are_mean_and_t_interval_over_seeds(tmp_path) -> None:
     assert list(report.tables[("alfworld", "final")]["label"]) == ["GRPO", "SDAR"]  # Table-1 order
     assert report.columns["alfworld"] == ["success/pick", "success/all"]
     md = (tmp_path / "table.md").read_text()
-    assert "| m | SDAR | 3 | 20.0 ± 24.8 | 20.0 ± 24.8 |" in md
+    assert "| SDAR | 3 | **20.0 ± 24.8** | **20.0 ± 24.8** | +15.0 ± 24.8 |" in md
     assert len(load_results(tmp_path)) == 12
     assert mean_ci(__import__("pandas").Series([7.0]))[0] == 7.0

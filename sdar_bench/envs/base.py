@@ -14,6 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -154,6 +155,24 @@ class Env(ABC):
     def vocabulary(self) -> list[str]:
         """Every word the engine can emit, for building the tiny models' word-level tokenizer."""
         return []
+
+    def data_status(self) -> tuple[bool, str]:
+        """Whether the data this env's settings name is on this machine, in one line.
+
+        Settings whose name ends in ``_dir`` or ``_path`` point at real data; none set means
+        the offline engine, which ships with the package.
+        """
+        paths = {
+            name: value
+            for name, value in self.params.model_dump().items()
+            if name.endswith(("_dir", "_path")) and value
+        }
+        for name, value in paths.items():
+            if not Path(value).expanduser().exists():
+                return False, f"env_params.{self.name}.{name}: {value} does not exist"
+        if paths:
+            return True, "real data: " + ", ".join(f"{k}={v}" for k, v in paths.items())
+        return True, "offline engine (ships with the package)"
 
     def panel_hash(self, tasks: Sequence[Task]) -> str:
         text = "\n".join(f"{t.id}|{t.task_type}|{t.seed}|{t.goal}" for t in tasks)

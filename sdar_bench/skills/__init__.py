@@ -11,6 +11,7 @@ import math
 import random
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from sdar_bench.envs.base import Task, task_seed
 
@@ -104,6 +105,15 @@ class SkillRetriever:
         for skill in self.chosen.get(task.id, []):
             self.pulls[skill] += 1
             self.wins[skill] += success
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep: the bandit's statistics and the pending choices."""
+        return {"pulls": dict(self.pulls), "wins": dict(self.wins), "chosen": dict(self.chosen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pulls = dict(state["pulls"])
+        self.wins = dict(state["wins"])
+        self.chosen = dict(state["chosen"])
 
     def _nearest(self, goal: str) -> list[str]:
         if self._dense is None:

@@ -1,8 +1,10 @@
 """The reactive expert: the next command from any state, plus a short reason for it.
 
-Like ALFWorld's hand-coded expert it knows where every object is. It recomputes its subgoal
-from the state on every call, so it recovers from any detour: a wrong object in hand is put
-down, a closed container is opened, a transformed-then-misplaced object is fetched again.
+Unlike ALFWorld's hand-coded expert it does not know where objects are: it searches the room in
+listing order (``_fetch``), so its choices follow from what the prompt shows and a small model
+can imitate them. It recomputes its subgoal from the state on every call, so it recovers from
+any detour: a wrong object in hand is put down, a closed container is opened, a
+transformed-then-misplaced object is fetched again.
 Every command it returns is admissible in the state it was computed from.
 """
 
@@ -75,21 +77,55 @@ def _put_down(world: World, obj: str) -> ExpertStep:
 
 
 def _fetch(world: World) -> ExpertStep:
-    """Walk to the most convenient goal object not yet in place, open its container, take it."""
+    """Search for a goal object the way an agent without a map must, then take it.
+
+    The search is a function of what the prompt shows (where we stand and what is in sight):
+    take a goal object in sight, else open the closed receptacle we stand at, else go to the
+    next receptacle in the room's listing order after this one. A policy that imitates it needs
+    no hidden knowledge of where things are.
+    """
     goal = world.goal
-    candidates = [o for o in world.objects_of(goal.obj_type) if not world.counts_for_goal(o)]
-    # Prefer an object already transformed, then one right here: fewer steps to the goal.
-    obj = min(
-        candidates,
-        key=lambda o: (not world.has_condition(o), world.where(o) != world.location, name_key(o)),
-    )
-    recep = world.where(obj)
-    assert recep is not None  # held objects are handled before fetching
-    placed = len(world.objects_of(goal.obj_type)) - len(candidates)
+    here = world.location
+    placed = len(world.objects_of(goal.obj_type)) - len(_candidates(world))
     find = f"find another {goal.obj_type}" if placed else f"find the {goal.obj_type}"
-    return _reach(world, recep, find) or ExpertStep(
-        f"take {obj} from {recep}", f"take the {goal.obj_type}"
-    )
+    if here is not None and not world.is_closed(here):
+        in_sight = [o for o in world.contents[here] if o in _candidates(world)]
+        if in_sight:
+            # An object already transformed saves the appliance trip.
+            obj = min(in_sight, key=lambda o: (not world.has_condition(o), name_key(o)))
+            return ExpertStep(f"take {obj} from {here}", f"take the {goal.obj_type}")
+    if here is not None and world.is_closed(here) and here in _search_order(world):
+        return ExpertStep(f"open {here}", find)
+    return ExpertStep(f"go to {_next_place(world)}", find)
+
+
+def _candidates(world: World) -> list[str]:
+    """Goal objects not yet in place."""
+    goal = world.goal
+    return [o for o in world.objects_of(goal.obj_type) if not world.counts_for_goal(o)]
+
+
+def _search_order(world: World) -> list[str]:
+    """Where to look, in listing order: never a goal receptacle (objects start elsewhere),
+    unless a stray action has put a goal object there."""
+    goal = world.goal
+    candidates = set(_candidates(world))
+    return [
+        r
+        for r in world.receptacles
+        if kind(r) != goal.recep_type or candidates & set(world.contents[r])
+    ]
+
+
+def _next_place(world: World) -> str:
+    """The receptacle after the current one in the search order, cyclically."""
+    order = _search_order(world)
+    here = world.location
+    if here is None or here not in world.receptacles:
+        return order[0]
+    start = world.receptacles.index(here)
+    after = [r for r in world.receptacles[start + 1 :] + world.receptacles[: start + 1]]
+    return next(r for r in after if r in order and r != here)
 
 
 def _deliver(world: World, obj: str) -> ExpertStep:

@@ -1,0 +1,163 @@
+"""What a suite will do before it does it: the runs, what each needs, and a rough cost.
+
+``plan_suite`` loads no model and touches no network. ``preflight`` turns the plan into the
+problems that would stop a run (missing weights or data, an unwritable results folder, an
+unreachable tracking store), so ``sdar-bench run`` fails in seconds, not after an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdar_bench.config import RunSpec, SuiteSpec
+from sdar_bench.envs import make_env
+from sdar_bench.envs.base import Env, words
+from sdar_bench.policy.catalog import ModelInfo, model_info
+from sdar_bench.registry import get_method_class
+
+# Rough throughput figures for the cost estimate, measured on the quickstart (2-core CPU,
+# tiny-qwen-1m: ~25 ms per batched decoding step, dominated by Python overhead) and assumed for
+# one H100 (40% of its bf16 peak; ~40 ms per decoding step of a 7B model with HF generate).
+CPU_FLOPS, CPU_DECODE_S = 1e11, 0.025
+GPU_FLOPS, GPU_DECODE_S = 4e14, 0.04
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    spec: RunSpec
+    state: str  # "finished", "resumes at step k", "to run"
+    model: ModelInfo
+    data_ok: bool
+    data: str
+    flops: float  # upper bound: every episode runs to max_turns
+    seconds: float  # rough wall time on the device it needs
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.model.needs_gpu
+
+
+def run_state(run_dir: Path, spec: RunSpec) -> str:
+    if (run_dir / "result.json").exists():
+        return "finished"
+    if (run_dir / "checkpoint.pt").exists():
+        import torch
+
+        step = torch.load(run_dir / "checkpoint.pt", weights_only=False, mmap=True)["step"]
+        return f"resumes at step {step}/{spec.train.steps}"
+    return "to run"
+
+
+def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
+    plans = []
+    models = {name: model_info(name) for name in suite.models}
+    envs: dict[str, Env | str] = {}  # an env, or why it cannot be built (its data is missing)
+    for spec in suite.expand():
+        key = json.dumps([spec.env, spec.env_params], sort_keys=True)
+        if key not in envs:
+            try:
+                envs[key] = make_env(spec.env, **spec.env_params)
+            except ValueError as exc:  # engines check their data files when built
+                envs[key] = str(exc)
+        env = envs[key]
+        model = models[spec.model]
+        if isinstance(env, str):
+            data_ok, data, flops, seconds = False, env, math.nan, math.nan
+        else:
+            data_ok, data = env.data_status()
+            flops, decode_steps = _cost(spec, env, model.params or 0.0)
+            rate, decode_s = (
+                (GPU_FLOPS, GPU_DECODE_S) if model.needs_gpu else (CPU_FLOPS, CPU_DECODE_S)
+            )
+            seconds = flops / rate + decode_steps * decode_s
+        state = run_state(results / "runs" / spec.run_id, spec)
+        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds))
+    return plans
+
+
+def _cost(spec: RunSpec, env: Env, params: float) -> tuple[float, int]:
+    """Upper-bound FLOPs and sequential decoding steps of one run (every episode at max_turns)."""
+    task = env.task("eval", 0)
+    observation = env.new_game(task).reset()
+    history = [(observation.text, "go to cabinet 1")] * env.params.history_length
+    prompt = env.render_prompt(task, history, observation, 0)
+    # word-level count × 1.3 ≈ BPE tokens; the tiny family tokenises by word
+    tokens_per_turn = 1.3 * len(words(prompt)) + spec.train.max_new_tokens
+    turns = env.params.max_turns
+    method = get_method_class(spec.method)
+    train_tokens = spec.train.steps * spec.train.tasks_per_step * spec.train.group_size
+    train_tokens *= turns * tokens_per_turn if method.trains else 0
+    # generation 2N, reference 2N, teacher 2N, update 6N per epoch (forward + backward)
+    passes = 2 + 2 + (2 if method.needs_teacher else 0) + 6 * spec.train.ppo_epochs
+    evals = 1 + (spec.train.steps // spec.eval.every if method.trains else 0)
+    eval_tokens = evals * len(method.eval_skill_modes) * spec.eval.panel * turns * tokens_per_turn
+    flops = params * (passes * train_tokens + 2 * eval_tokens)
+    rollouts = (spec.train.steps if method.trains else 0) + evals * len(method.eval_skill_modes)
+    return flops, rollouts * turns * spec.train.max_new_tokens
+
+
+def _writable(folder: Path) -> str | None:
+    """None when ``folder`` (or its nearest existing parent) accepts a file."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe):
+            return None
+    except OSError as exc:
+        return f"results folder {folder} is not writable ({exc.strerror}); pass --results DIR"
+
+
+def preflight(
+    suite: SuiteSpec, results: Path, needs_gpu_ok: bool | None = None, uri: str | None = None
+) -> list[str]:
+    """One line per problem that would stop a run of ``suite``; empty when all is set.
+
+    ``needs_gpu_ok``: whether runs that need a GPU can get one (None: is one visible here);
+    ``uri``: the MLflow tracking URI the runs will log to, checked when it is a server.
+    """
+    problems: list[str] = []
+    if (problem := _writable(results)) is not None:
+        problems.append(problem)
+    if needs_gpu_ok is None:
+        import torch
+
+        needs_gpu_ok = torch.cuda.is_available()
+    for plan in plan_suite(suite, results):
+        if plan.state == "finished":
+            continue
+        if not plan.model.present:
+            problems.append(
+                f"models: {plan.model.name} is not on this machine ({plan.model.where}); "
+                f"get it with `{plan.model.how_to_get}` or remove it from the suite"
+            )
+        if not plan.data_ok:
+            problems.append(plan.data)
+        if plan.needs_gpu and not needs_gpu_ok and plan.model.present:
+            problems.append(
+                f"models: {plan.model.name} needs a GPU and none is visible; "
+                "run it on a GPU machine (or a Ray cluster with GPUs)"
+            )
+    if uri:
+        problems += _tracking_problem(uri)
+    return list(dict.fromkeys(problems))
+
+
+def _tracking_problem(uri: str) -> list[str]:
+    """An http(s) tracking server must answer before the first run logs to it."""
+    if not uri.startswith(("http://", "https://")):
+        return []
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)  # noqa: S310
+    except OSError as exc:
+        return [
+            f"tracking URI {uri} does not answer ({exc}); start the server, or pass another "
+            "--tracking-uri, or --no-mlflow"
+        ]
+    return []
