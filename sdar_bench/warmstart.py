@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sdar_bench.config import RunSpec, WarmStartSpec
 from sdar_bench.envs.base import Env, task_seed
 from sdar_bench.paths import cache_dir
@@ -128,7 +130,7 @@ def warm_start(
             report_to="none",
             seed=seed,
             data_seed=seed,
-            use_cpu=True,
+            use_cpu=not torch.cuda.is_available(),
             bf16=False,  # TRL defaults to bf16; autocast on a CPU without bf16 units is ~7x slower
             train_sampling_strategy="group_by_length",  # less padding: prompts vary from ~100 to ~350 tokens
             completion_only_loss=not ws.prompt_loss,
