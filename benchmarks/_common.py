@@ -23,7 +23,9 @@ def quickstart_spec(method: str = "grpo") -> RunSpec:
 
 def warm_policy(spec: RunSpec) -> Policy:
     """The quickstart's warm-started policy (trained once if neither shipped nor cached)."""
-    policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
+    policy = load_policy(
+        spec.model, spec.train.max_prompt_tokens, env=spec.env, options=spec.policy
+    )
     env = make_env(spec.env, **spec.env_params)
     path, _ = warm_start(policy, env, spec, str(policy.model.name_or_path))
-    return load_policy(str(path), spec.train.max_prompt_tokens)
+    return load_policy(str(path), spec.train.max_prompt_tokens, options=spec.policy)

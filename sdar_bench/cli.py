@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
@@ -36,7 +37,7 @@ def quiet_libraries() -> None:
 
 def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit code 2, no traceback."""
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -210,7 +211,9 @@ def warmstart(
     for spec in suite.expand():
         if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
             continue
-        policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
+        policy = load_policy(
+            spec.model, spec.train.max_prompt_tokens, env=spec.env, options=spec.policy
+        )
         model_dir = str(policy.model.name_or_path)
         key = warmstart_key(spec, model_dir)
         if key in seen:
@@ -333,6 +336,90 @@ def envs() -> None:
         real = cls.real_data or "not yet (offline engine only)"
         table.add_row(name, ", ".join(cls.task_types), defaults, real, cls.description)
     console.print(table)
+
+
+@app.command()
+def tune(
+    suite_file: Annotated[
+        Path, typer.Argument(help="Suite YAML with a tune: block, e.g. suites/tune_gate.yaml.")
+    ],
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL that every worker of the study shares (any RDB URL: "
+            "sqlite:///…, postgresql://…, mysql://…); default sqlite:///<results>/optuna.db."
+        ),
+    ] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(help="Study to create or join (resume); default: the suite's name."),
+    ] = None,
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Trials this worker runs at most (the study stops at tune.trials in all)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds after which this worker starts no new trial."),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="torch threads of this worker (several workers on one machine: cores ÷ N)."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite file "
+            "results/<suite>/mlflow.db)."
+        ),
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
+) -> None:
+    """Search one method's parameters with Optuna over the suite's runs (its tune: block).
+
+    Start the same command on several machines with one --storage to share the study; run it
+    again to resume. Writes best_params.yaml (a suite for `sdar-bench run`), trials.csv,
+    trials.md and plots/ into <results>/tune/.
+    """
+    from sdar_bench.tune import TuneError, tune_suite
+
+    quiet_libraries()
+    suite = _load(suite_file)
+    if suite.tune is None:
+        _fail(f"{suite_file}: no tune: block; add one (see suites/tune_gate.yaml)")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = results or Path("results") / suite.name
+    try:
+        summary = tune_suite(
+            suite, out, storage=storage, study_name=study_name, n_trials=n_trials,
+            timeout=timeout, tracking_uri=tracking_uri, mlflow=mlflow, console=console,
+        )  # fmt: skip
+    except TuneError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    if summary.best_number is None:
+        console.print(
+            f"{summary.trials} trials, none completed yet; tables in {out / 'tune'}", soft_wrap=True
+        )
+    else:
+        shown = ", ".join(f"{k}={v}" for k, v in summary.best_params.items())
+        console.print(
+            f"{summary.trials} trials ({summary.ran} here); best: trial {summary.best_number}, "
+            f"value {summary.best_value:.4g} ({shown})\n"
+            f"run it: sdar-bench run {out / 'tune' / 'best_params.yaml'}",
+            soft_wrap=True,
+        )
 
 
 if __name__ == "__main__":

@@ -174,7 +174,9 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
 
 def initial_policy(spec: RunSpec, callback: Callback) -> tuple[Policy, dict[str, Any]]:
     """The policy every method of the suite starts from: the warm start for tiny models."""
-    policy = load_policy(spec.model, spec.train.max_prompt_tokens, env=spec.env)
+    policy = load_policy(
+        spec.model, spec.train.max_prompt_tokens, env=spec.env, options=spec.policy
+    )
     if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
         return policy, {}
     callback("warmstart", {"run_id": spec.run_id})
@@ -184,7 +186,7 @@ def initial_policy(spec: RunSpec, callback: Callback) -> tuple[Policy, dict[str,
     env = make_env(spec.env, **spec.env_params)
     model_dir = str(policy.model.name_or_path)
     checkpoint, cached = warm_start(policy, env, spec, model_dir)
-    policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens)
+    policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens, options=spec.policy)
     info = {"checkpoint": str(checkpoint), "cached": cached, "seconds": time.perf_counter() - t0}
     return policy, {"warmstart": info}
 

@@ -121,7 +121,7 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
     reference = teacher = optimizer = None
     if method.trains:
         if method.params.c_kl > 0:
-            reference = policy.frozen_copy()
+            reference = policy.reference_model()
         if method.needs_teacher:
             mode = getattr(method.params, "teacher", "live")
             if mode == "live":
@@ -133,7 +133,7 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
                     else policy.frozen_copy()
                 )
         optimizer = torch.optim.AdamW(
-            policy.model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay
+            policy.trainable_parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay
         )
     return RunState(
         spec=spec,

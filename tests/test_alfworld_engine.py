@@ -324,5 +324,5 @@ def test_env_class_attributes() -> None:
     assert AlfworldEnv.invalid_penalty == 0.1 and AlfworldEnv.reward_scale == 10.0
     assert AlfworldEnv.eval_temperature == 0.4
     params = AlfworldEnv().params
-    assert (params.max_turns, params.history_length) == (20, 2)
+    assert (params.max_turns, params.history_length) == (50, 2)  # the paper's ALFWorld
     assert (params.n_receptacles, params.n_distractors) == (6, 4)

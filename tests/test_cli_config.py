@@ -127,3 +127,47 @@ def test_table_cells_are_mean_and_t_interval_over_seeds(tmp_path) -> None:
     assert "| SDAR | 3 | **20.0 ± 24.8** | **20.0 ± 24.8** | +15.0 ± 24.8 |" in md
     assert len(load_results(tmp_path)) == 12
     assert mean_ci(__import__("pandas").Series([7.0]))[0] == 7.0
+
+
+def test_overrides_set_a_learning_rate_per_model_and_c_kl_per_env() -> None:
+    from sdar_bench.config import SuiteSpec
+
+    suite = SuiteSpec(
+        name="o",
+        models=["tiny-qwen-1m", "tiny-qwen-5m"],
+        envs=["alfworld", "searchqa"],
+        methods=["grpo", {"sdar": {"c_kl": 0.05}}],
+        train={"lr": 1e-3},
+        overrides=[
+            {"when": {"model": "tiny-qwen-5m"}, "train": {"lr": 1e-4}},
+            {"when": {"env": "searchqa"}, "method_params": {"c_kl": 0.001}},
+        ],
+    )
+    got = {(r.model, r.env, r.method): (r.train.lr, r.method_params) for r in suite.expand()}
+    assert got[("tiny-qwen-1m", "alfworld", "grpo")] == (1e-3, {})
+    assert got[("tiny-qwen-5m", "alfworld", "grpo")] == (1e-4, {})
+    assert got[("tiny-qwen-1m", "searchqa", "grpo")] == (1e-3, {"c_kl": 0.001})
+    # the suite's own method entry is more specific than an override: it wins
+    assert got[("tiny-qwen-5m", "searchqa", "sdar")] == (1e-4, {"c_kl": 0.05})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"when": {"modle": "x"}}, "overrides.0.when: unknown axis 'modle'"),
+        ({"when": {"model": "nope"}}, "overrides.0.when.model: 'nope' is not in the suite's"),
+        ({"train": {"lr": -1}}, "overrides.0.train.lr: Input should be greater than 0"),
+        ({"method_params": {"betta": 1}}, "overrides.0.method_params.betta: no matched method"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(tmp_path, override: dict, message: str) -> None:
+    import yaml
+
+    from sdar_bench.config import SpecError, load_suite
+
+    path = tmp_path / "s.yaml"
+    suite = {"name": "o", "models": ["tiny-qwen-1m"], "envs": ["alfworld"], "methods": ["grpo"]}
+    path.write_text(yaml.safe_dump({**suite, "overrides": [override]}))
+    with pytest.raises(SpecError) as err:
+        load_suite(path)
+    assert message in str(err.value) and "\n" not in str(err.value)

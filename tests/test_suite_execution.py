@@ -66,7 +66,7 @@ def test_plan_lists_every_run_and_says_what_is_missing(tmp_path) -> None:
     problems = preflight(suite, tmp_path, needs_gpu_ok=False)
     assert problems == [
         "models: Qwen/Qwen2.5-7B-Instruct is not on this machine (not in the Hugging Face "
-        "cache); get it with `huggingface-cli download Qwen/Qwen2.5-7B-Instruct` or remove it "
+        "cache); get it with `hf download Qwen/Qwen2.5-7B-Instruct` or remove it "
         "from the suite"
     ]
 

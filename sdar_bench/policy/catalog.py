@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdar_bench.policy.packaged import PACKAGED_MODELS, converted_dir, gguf_path
 from sdar_bench.policy.tiny import TINY_MODELS
 
 # Parameter counts of the paper's models (SPEC §7), for cost estimates before a download.
@@ -44,15 +45,36 @@ def tiny_params(name: str, vocab: int = 600) -> float:
 
 
 def model_info(name: str) -> ModelInfo:
-    """Locate ``name``'s weights: tiny family, a local directory or the Hugging Face cache."""
+    """Locate ``name``'s weights: tiny family, packaged GGUF model, a local directory or the
+    Hugging Face cache."""
     if name in TINY_MODELS:
         return ModelInfo(name, True, "built locally on first use (seconds)", tiny_params(name))
+    if name in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[name]
+        source, converted = gguf_path(name), converted_dir(name)
+        if source is None or converted is None:
+            where = f"the {packaged.distribution} package is not installed"
+            return ModelInfo(name, False, where, packaged.params, packaged.install)
+        if (converted / "config.json").exists():
+            return ModelInfo(name, True, str(converted), packaged.params)
+        where = f"converted on first use from {source} (about a minute)"
+        return ModelInfo(name, True, where, packaged.params)
     local = Path(name).expanduser()
     if local.is_dir():
         return ModelInfo(name, (local / "config.json").exists(), str(local), _count(local))
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(name, "config.json")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:  # not a repo id either (e.g. a path that does not exist)
+        return ModelInfo(
+            name,
+            False,
+            "no such directory, and not a Hugging Face id",
+            None,
+            "give an existing local path or a Hugging Face id",
+        )
     if isinstance(cached, str):
         folder = Path(cached).parent
         return ModelInfo(name, True, str(folder), _count(folder) or KNOWN_PARAMS.get(name))
@@ -61,7 +83,7 @@ def model_info(name: str) -> ModelInfo:
         False,
         "not in the Hugging Face cache",
         KNOWN_PARAMS.get(name),
-        f"huggingface-cli download {name}",
+        f"hf download {name}",
     )
 
 

@@ -40,9 +40,12 @@ def response_logprobs(
     pad_id: int,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``logp`` [B, R], ``entropy`` [B, R] or None, response ``mask`` [B, R].
+    """``logp`` [B, R], ``entropy`` [B, R] or None, response ``mask`` [B, R], on the CPU.
 
-    Gradients flow when the caller has them enabled; padded positions hold 0.
+    Gradients flow when the caller has them enabled (also through the move off the GPU);
+    padded positions hold 0. The [B, R, V] logits stay on the model's device; the [B, R]
+    results come back to the CPU, where the trainer keeps masks, advantages and old log-probs,
+    so the loss maths is the same code on either device (B·R floats: negligible traffic).
     """
     input_ids, attention, mask = pack(prompts, responses, pad_id)
     R = mask.shape[1]
@@ -61,8 +64,8 @@ def response_logprobs(
     logp = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask  # [B, R]
     entropy = None
     if with_entropy:
-        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1) * mask  # [B, R]
-    return logp, entropy, mask
+        entropy = (-(logprobs_all.exp() * logprobs_all).sum(-1) * mask).cpu()  # [B, R]
+    return logp.cpu(), entropy, mask.cpu()
 
 
 @torch.no_grad()
@@ -80,5 +83,5 @@ def score_in_chunks(
         logp, _, _ = response_logprobs(
             model, prompts[start : start + chunk], responses[start : start + chunk], pad_id
         )
-        rows.append(F.pad(logp.cpu(), (0, R - logp.shape[1])))
+        rows.append(F.pad(logp, (0, R - logp.shape[1])))
     return torch.cat(rows)

@@ -54,6 +54,8 @@ PROMPT_TAIL = (
     "Answer with <think> your reasoning </think> <action> one admissible action </action>."
 )
 _PUNCT_PAIR = re.compile(r"([^\w\s])(?=[^\w\s])")
+# The search box's template in canonical form, "search[< your query >]" (see ``parse``).
+_TEMPLATE_SEARCH = canonical_action(SEARCH_ACTION, (SEARCH_ACTION,))[0]
 
 # WebShop's split of its human goals (``web_agent_text_env.py``): shuffle with seed 233, the
 # first 500 are the test goals, 500–1500 validation, the rest training.
@@ -190,6 +192,11 @@ class WebshopEnv(Env):
         if not parsed.valid or parsed.action is None or admissible is None:
             return parsed
         action, reason = canonical_action(parsed.action, admissible, self.shop.title_ids)
+        if action is not None and action == _TEMPLATE_SEARCH:
+            # The admissible list offers the search box as a template. Copied as is, it would
+            # be a valid turn that searches for "your query": a policy could dodge the
+            # invalid-turn penalty without ever writing a query.
+            return ParsedTurn(None, "search[<your query>] is a template: write a query in it")
         return ParsedTurn(action, "", "action") if action else ParsedTurn(None, reason)
 
     def format_response(self, action: str, thought: str = "") -> str:

@@ -1,0 +1,7 @@
+"""Errors the policy loader raises for things a user fixes with one command."""
+
+from __future__ import annotations
+
+
+class ModelNotFound(ValueError):
+    """Weights that are not on this machine; the message says how to get them, in one line."""

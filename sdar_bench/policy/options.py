@@ -1,0 +1,70 @@
+"""How a policy is loaded: precision, device and the memory features that let a 7B model train
+on one 80 GB GPU (gradient checkpointing, LoRA).
+
+The defaults keep every CPU result bit-for-bit what it was: float32 on the CPU, full fine-tuning,
+no checkpointing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+# The projection layers of Llama/Qwen2/Qwen3 blocks (attention and MLP): LoRA's usual targets.
+LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class _Strict(BaseModel):
+    # Frozen and closed like the run specs (config.py): a typo is an error, and an options
+    # object can be part of a hashed run spec.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraOptions(_Strict):
+    """Low-rank adapters (peft ``LoraConfig``); only the adapters train, the base stays frozen."""
+
+    r: int = Field(16, ge=1)
+    """Adapter rank."""
+    alpha: int = Field(32, ge=1)
+    """Scale numerator: the adapter's output is multiplied by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input. 0 by default: with dropout the update's forward pass
+    would not reproduce the rollout's log-probs, and the trainer's one-epoch path takes
+    ``old = sg(logp)`` from that pass."""
+    target_modules: tuple[str, ...] | Literal["all-linear"] = LLAMA_LINEAR_LAYERS
+    """Module names that get adapters, or peft's ``all-linear`` (every linear layer but the
+    output head)."""
+
+
+class PolicyOptions(_Strict):
+    """Precision, device and memory features of a loaded policy."""
+
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weight precision. ``auto``: float32 on the CPU; on a GPU bfloat16 when LoRA is on (the
+    frozen base in bf16, the adapters in float32) and float32 for full fine-tuning, because
+    AdamW on bf16 weights rounds updates of lr 1e-6 away entirely (bf16 keeps ~3 significant
+    digits). Name ``bfloat16`` to force it anyway (inference, or with your own master weights)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: ~30% more compute, activation memory from
+    O(layers × tokens) to about one layer's worth."""
+    lora: LoraOptions | None = None
+    """Train low-rank adapters instead of every weight (the memory option for 7B models)."""
+    system_prompt: str | None = None
+    """The system turn of chat-template models; None keeps the template's own default."""
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "float32":
+            return torch.float32
+        if self.dtype == "bfloat16":
+            return torch.bfloat16
+        on_gpu = self.resolved_device().type == "cuda"
+        return torch.bfloat16 if on_gpu and self.lora is not None else torch.float32
