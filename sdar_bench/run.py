@@ -25,6 +25,7 @@ import yaml
 
 from sdar_bench.checkpoint import CHECKPOINT_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from sdar_bench.config import RunSpec
+from sdar_bench.jsonl import append_jsonl, read_jsonl, write_jsonl_atomic
 from sdar_bench.policy import Policy, load_policy
 from sdar_bench.policy.tiny import TINY_MODELS
 from sdar_bench.skills import skill_hashes
@@ -85,11 +86,6 @@ def manifest(spec: RunSpec, panel_hash: str, extra: dict[str, Any]) -> dict[str,
     }
 
 
-def _jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-
-
 class RunFailed(RuntimeError):
     """The run cannot go on (e.g. non-finite updates in a row); the reason lands in its files."""
 
@@ -127,7 +123,7 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
 
     def run_eval(step: int) -> None:
         for row in evaluate(state, step):
-            _jsonl(run_dir / "eval.jsonl", row)
+            append_jsonl(run_dir / "eval.jsonl", row)
             evals.append(row)
             callback("eval", row)
 
@@ -139,7 +135,7 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
             for step in range(first_step, spec.train.steps):
                 metrics = train_step(state, step)
                 metrics["step"] = step + 1
-                _jsonl(run_dir / "metrics.jsonl", metrics)
+                append_jsonl(run_dir / "metrics.jsonl", metrics)
                 metrics_rows.append(metrics)
                 callback("step", metrics)
                 if state.nonfinite_in_a_row >= spec.train.max_nonfinite_in_a_row:
@@ -197,18 +193,9 @@ def _keep_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
     After a kill the log may run past the checkpoint, or end in a half-written line; both are
     dropped so the resumed run appends exactly where the checkpoint stands.
     """
-    rows: list[dict[str, Any]] = []
+    rows = [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
     if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if row.get("step", 0) <= last_step:
-                rows.append(row)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
-        os.replace(tmp, path)
+        write_jsonl_atomic(path, rows)
     return rows
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from sdar_bench.jsonl import read_jsonl
+
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 ROLE_TAG = "sdar_bench.role"
@@ -272,16 +274,7 @@ def _eval_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line half-written by a killed process ends the log
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows
+    return [row for row in read_jsonl(path) if isinstance(row, dict) and "step" in row]
 
 
 def _status_for(exc_type: type[BaseException] | None) -> str:

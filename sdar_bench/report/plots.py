@@ -27,13 +27,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sdar_bench.jsonl import read_jsonl
 from sdar_bench.report.table import (
     ENV_TITLES,
     env_columns,
     env_order,
     finished_runs,
     headline_metric,
-    read_jsonl,
     row_order_key,
 )
 

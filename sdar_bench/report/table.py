@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sdar_bench.jsonl import read_jsonl
 from sdar_bench.report.collapse import CollapseVerdict, detect_collapse
 
 ROW_ORDER = [
@@ -148,13 +149,6 @@ def finished_runs(results_dir: Path) -> list[RunRecord]:
         result = json.loads(result_file.read_text())
         runs.append(RunRecord(result_file.parent, manifest["spec"], result))
     return runs
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file; [] when it does not exist (a run that never trained)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 _NOT_METRICS = {"step", "with_skills", "label", "panel_hash", "panel_size", "temperature"}
