@@ -134,6 +134,8 @@ class Override(Strict):
     eval: dict[str, Any] = {}
     warmstart: dict[str, Any] = {}
     env_params: dict[str, Any] = {}
+    policy: dict[str, Any] = {}
+    """Model loading options, e.g. LoRA and gradient checkpointing for the largest model."""
     method_params: dict[str, Any] = {}
     """Applied to the matched methods that have each parameter."""
 
@@ -243,7 +245,7 @@ class SuiteSpec(Strict):
                             f"{axes[axis]}"
                         )
             for section, spec in (("train", self.train), ("eval", self.eval),
-                                  ("warmstart", self.warmstart)):  # fmt: skip
+                                  ("warmstart", self.warmstart), ("policy", self.policy)):  # fmt: skip
                 changes = getattr(override, section)
                 try:
                     type(spec)(**{**spec.model_dump(), **changes})
@@ -287,6 +289,7 @@ class SuiteSpec(Strict):
             "eval": self.eval.model_dump(),
             "warmstart": self.warmstart.model_dump(),
             "env_params": dict(self.env_params.get(env, {})),
+            "policy": self.policy.model_dump(),
         }
         accepted = get_method_class(method).Params.model_fields
         for override in self.overrides:
@@ -308,7 +311,7 @@ class SuiteSpec(Strict):
             train=TrainSpec(**sections["train"]),
             eval=EvalSpec(**sections["eval"]),
             warmstart=WarmStartSpec(**sections["warmstart"]),
-            policy=self.policy,
+            policy=PolicyOptions(**sections["policy"]),
         )
 
 

@@ -171,3 +171,16 @@ def test_bad_overrides_are_one_line_errors(tmp_path, override: dict, message: st
     with pytest.raises(SpecError) as err:
         load_suite(path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paper_table_gives_the_7b_model_lora_and_checkpointing_only() -> None:
+    from sdar_bench.config import load_suite
+
+    runs = load_suite("suites/paper_table.yaml").expand()
+    by_model = {r.model: r.policy for r in runs}
+    big = by_model["Qwen/Qwen2.5-7B-Instruct"]
+    assert big.lora is not None and big.lora.r == 16 and big.gradient_checkpointing
+    assert by_model["Qwen/Qwen2.5-3B-Instruct"].lora is None
+    searchqa = [r for r in runs if r.env == "searchqa" and r.method == "sdar"]
+    assert {r.train.tasks_per_step for r in searchqa} == {128}
+    assert {r.method_params["c_kl"] for r in searchqa} == {0.001}
