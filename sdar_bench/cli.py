@@ -23,6 +23,19 @@ app = typer.Typer(
 )
 console = Console()
 
+# Options several commands share.
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
+]
+TrackingUriOption = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite file "
+        "results/<suite>/mlflow.db)."
+    ),
+]
+
 
 def quiet_libraries() -> None:
     """Our progress bars are the ones a user reads: silence the libraries' own."""
@@ -54,10 +67,7 @@ def _load(suite_file: Path) -> SuiteSpec:
 @app.command()
 def run(
     suite_file: Annotated[Path, typer.Argument(help="Suite YAML, e.g. suites/quickstart.yaml.")],
-    results: Annotated[
-        Path | None,
-        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
-    ] = None,
+    results: ResultsOption = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -72,13 +82,7 @@ def run(
         str | None,
         typer.Option(help="Ray cluster address (ray executor); default: start a local Ray."),
     ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite file "
-            "results/<suite>/mlflow.db)."
-        ),
-    ] = None,
+    tracking_uri: TrackingUriOption = None,
     mlflow: Annotated[bool, typer.Option(help="Log runs to MLflow.")] = True,
 ) -> None:
     """Run every unfinished run of a suite, then print and write its comparison table.
@@ -122,10 +126,7 @@ def run(
 @app.command()
 def plan(
     suite_file: Annotated[Path, typer.Argument(help="Suite YAML to expand.")],
-    results: Annotated[
-        Path | None,
-        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
-    ] = None,
+    results: ResultsOption = None,
 ) -> None:
     """Print the runs a suite expands to, what each needs, and a rough cost; loads no model."""
     from sdar_bench.plan import plan_suite, preflight
@@ -343,10 +344,7 @@ def tune(
     suite_file: Annotated[
         Path, typer.Argument(help="Suite YAML with a tune: block, e.g. suites/tune_gate.yaml.")
     ],
-    results: Annotated[
-        Path | None,
-        typer.Option("--results", "-o", help="Results directory (default: results/<suite name>)."),
-    ] = None,
+    results: ResultsOption = None,
     storage: Annotated[
         str | None,
         typer.Option(
@@ -374,13 +372,7 @@ def tune(
             min=1, help="torch threads of this worker (several workers on one machine: cores ÷ N)."
         ),
     ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite file "
-            "results/<suite>/mlflow.db)."
-        ),
-    ] = None,
+    tracking_uri: TrackingUriOption = None,
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Search one method's parameters with Optuna over the suite's runs (its tune: block).
