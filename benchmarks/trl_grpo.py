@@ -1,7 +1,7 @@
 """Our GRPO step ÷ TRL ``GRPOTrainer`` step on the same single-turn workload (target ≤ 1.0).
 
     python benchmarks/trl_grpo.py [--steps 4] [--tasks 4] [--group 8] [--length 20]
-                                  [--no-warm] [--free-length] [--profile]
+                                  [--no-warm] [--free-length] [--profile] [--threads N]
 
 Both sides get the quickstart's tiny model (the shipped warm start unless ``--no-warm``), in
 their own copies loaded from the same weights, and each step the same P ALFWorld first-turn
@@ -13,13 +13,20 @@ fp32, k3 KL to a reference model with weight 0.01, entropy bonus 0.001, AdamW lr
 Ours is ``sdar_bench.trainer.train_step`` with the env cut to one turn (max_turns 1); its reward
 is the env's (10 on success, −0.1 for an invalid action). TRL's reward function is 1 when the
 env's parser finds an admissible action: the reward's cost is nothing next to the model's.
+TRL takes the plain-text prompts and our word-level tokenizer as they are (no chat template,
+no BOS; the asserted ids are ours); its gradient checkpointing, on by default, is turned off
+as ours has none, and its ``dapo`` loss is our token mean over the batch.
 
 The two are interleaved in one process: a TRL callback runs one of our steps after each TRL
 step, so machine load hits both alike. The first step of each side is a warm-up and is not
-timed. Prints seconds per step for each side (TRL's from its step-begin to step-end callbacks,
-which include generation, scoring and the update), our step's breakdown, the mean completion
-length of each side, and the ratio ours/TRL. ``--profile`` then runs cProfile on one more step
-of ours and prints where it went.
+timed. Prints the median seconds per step of each side (TRL's from its step-begin to step-end
+callbacks, which hold generation, scoring and the update) with a breakdown (generate; the rest
+of the rollout or TRL's reference pass and rewards; the update), the mean completion length of
+each side, every step's time, and the ratio ours/TRL of the medians. ``--profile`` then runs
+cProfile on one more step of ours and prints where it went.
+
+On a machine shared with other jobs use ``--threads 1``: two OpenMP threads on two busy cores
+wait at every parallel region for a descheduled thread, and a step then takes 10–30× longer.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +52,21 @@ from sdar_bench.trainer import RunState, setup, train_step
 
 BETA = 0.01  # KL weight: our GRPO's c_kl default on ALFWorld, TRL's beta
 C_ENT = 0.001  # our GRPO's entropy bonus, TRL's entropy_coef
+
+
+class Stopwatch:
+    """Wraps a callable and records the seconds of each call."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.seconds: list[float] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds.append(time.perf_counter() - start)
 
 
 class RecordingBackend:
@@ -70,6 +92,11 @@ class RecordingBackend:
 
     def sync_weights(self) -> None:
         self.inner.sync_weights()
+
+
+def breakdown(parts: list[dict[str, float]]) -> str:
+    """Median seconds of each phase over the timed steps."""
+    return ", ".join(f"{k} {statistics.median(p[k] for p in parts):.3f}" for k in parts[0])
 
 
 def single_turn_spec(tasks: int, group: int, length: int, steps: int) -> RunSpec:
@@ -124,7 +151,10 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true", help="start from the untrained model")
     parser.add_argument("--free-length", action="store_true", help="let completions end at EOS")
     parser.add_argument("--profile", action="store_true", help="cProfile one more step of ours")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     total = args.steps + 1
 
     spec = single_turn_spec(args.tasks, args.group, args.length, total)
@@ -159,7 +189,10 @@ def main() -> None:
     ours_times: list[float] = []
     ours_parts: list[dict[str, float]] = []
     trl_times: list[float] = []
+    trl_parts: list[dict[str, float]] = []
     trl_lengths: list[float] = []
+    trl_generate: Stopwatch | None = None
+    trl_prepare: Stopwatch | None = None
 
     class Interleave(TrainerCallback):
         """Time each TRL step, then run and time one step of ours."""
@@ -172,13 +205,21 @@ def main() -> None:
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             trl_times.append(time.perf_counter() - self.start)
+            assert trl_generate is not None and trl_prepare is not None
+            trl_parts.append(
+                {
+                    "generate": trl_generate.seconds[-1],
+                    "scoring": trl_prepare.seconds[-1] - trl_generate.seconds[-1],
+                    "update": trl_times[-1] - trl_prepare.seconds[-1],
+                }
+            )
             start = time.perf_counter()
             metrics = train_step(state, len(ours_times))
             ours_times.append(time.perf_counter() - start)
             ours_parts.append(
                 {
                     "generate": backend.seconds[-1],
-                    "rollout": metrics["time/rollout"],
+                    "rollout rest": metrics["time/rollout"] - backend.seconds[-1],
                     "reference": metrics["time/teacher"],
                     "update": metrics["time/update"],
                 }
@@ -228,11 +269,16 @@ def main() -> None:
             processing_class=trl_policy.tokenizer,
             callbacks=[Interleave()],
         )
+        # Time TRL's phases from outside: its generation, and generation + reference pass +
+        # rewards + advantages (everything before the loss); the rest of the step is the update.
+        trl_generate = Stopwatch(trainer._generate)
+        trl_prepare = Stopwatch(trainer._generate_and_score_completions)
+        trainer._generate = trl_generate  # type: ignore[method-assign]
+        trainer._generate_and_score_completions = trl_prepare  # type: ignore[method-assign]
         trainer.train()
 
-    ours = statistics.mean(ours_times[1:])
-    trl = statistics.mean(trl_times[1:])
-    parts = {k: statistics.mean(p[k] for p in ours_parts[1:]) for k in ours_parts[0]}
+    ours = statistics.median(ours_times[1:])
+    trl = statistics.median(trl_times[1:])
     ours_len = statistics.mean(backend.lengths)
     trl_len = statistics.mean(trl_lengths) if trl_lengths else float("nan")
     print(
@@ -241,11 +287,8 @@ def main() -> None:
         f"L {args.length}, {torch.get_num_threads()} threads, {args.steps} timed steps per side"
     )
     print(f"completion length: ours {ours_len:.1f}, TRL {trl_len:.1f} tokens")
-    print(
-        f"ours: {ours:.3f} s/step (generate {parts['generate']:.3f}, rollout incl. generate "
-        f"{parts['rollout']:.3f}, reference {parts['reference']:.3f}, update {parts['update']:.3f})"
-    )
-    print(f"TRL:  {trl:.3f} s/step")
+    print(f"ours: {ours:.3f} s/step ({breakdown(ours_parts[1:])})")
+    print(f"TRL:  {trl:.3f} s/step ({breakdown(trl_parts[1:])})")
     print(f"per-step seconds ours {[round(t, 3) for t in ours_times]}")
     print(f"per-step seconds TRL  {[round(t, 3) for t in trl_times]}")
     print(f"ratio ours/TRL = {ours / trl:.2f}  (target <= 1.0)")
