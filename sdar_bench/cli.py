@@ -135,24 +135,40 @@ def plan(
     out = results or Path("results") / suite.name
     plans = plan_suite(suite, out)
     table = Table(title=f"{suite.name}: {len(plans)} runs → {out}")
-    for head in ("run", "state", "weights", "data", "device", "est. time"):
+    for head in ("run", "state", "weights", "warm start", "data", "device", "est. time"):
         table.add_column(head, overflow="fold")
     for p in plans:
         weights = (
             "[green]present[/]" if p.model.present else f"[red]missing[/]: {p.model.how_to_get}"
         )
+        warm = p.warmstart
+        if warm == "to train":
+            warm = f"[yellow]to train[/] (~{_duration(p.warmstart_seconds)} on 2 cores)"
         data = p.data if p.data_ok else f"[red]{p.data}[/]"
         table.add_row(
-            p.spec.run_id, p.state, weights, data, "GPU" if p.needs_gpu else "CPU",
+            p.spec.run_id, p.state, weights, warm, data, "GPU" if p.needs_gpu else "CPU",
             _duration(p.seconds) if p.state != "finished" and p.seconds == p.seconds else "–",
         )  # fmt: skip
     console.print(table)
     left = [p for p in plans if p.state != "finished"]
     gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
     cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
+    # one warm start serves every run of its (model, env, settings): count it once
+    warm_starts = {
+        (p.spec.model, p.spec.env, repr(p.spec.env_params), repr(p.spec.warmstart)): p
+        for p in left
+        if p.warmstart == "to train"
+    }
+    warm_cpu = sum(p.warmstart_seconds for p in warm_starts.values())
     console.print(
         f"{len(left)} runs to do: about {_duration(cpu)} of CPU time and {_duration(gpu)} of GPU "
         "time (rough upper bound: every episode at max_turns)"
+        + (
+            f", plus {len(warm_starts)} warm start(s) to train first: about "
+            f"{_duration(warm_cpu)} of CPU time (`sdar-bench warmstart {suite_file}`)"
+            if warm_starts
+            else ""
+        )
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:

@@ -24,6 +24,9 @@ from sdar_bench.registry import get_method_class
 # one H100 (40% of its bf16 peak; ~40 ms per decoding step of a 7B model with HF generate).
 CPU_FLOPS, CPU_DECODE_S = 1e11, 0.025
 GPU_FLOPS, GPU_DECODE_S = 4e14, 0.04
+# TRL's SFTTrainer on the tiny models, 2-core CPU: the ALFWorld quickstart warm start (3000 steps
+# of 32 samples) took about 2 hours.
+CPU_SFT_FLOPS = 2e10
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class RunPlan:
     data: str
     flops: float  # upper bound: every episode runs to max_turns
     seconds: float  # rough wall time on the device it needs
+    warmstart: str = "–"  # tiny models: "shipped", "cached" or "to train"
+    warmstart_seconds: float = 0.0  # rough time to train it where it is "to train"
 
     @property
     def needs_gpu(self) -> bool:
@@ -75,18 +80,40 @@ def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
             )
             seconds = flops / rate + decode_steps * decode_s
         state = run_state(results / "runs" / spec.run_id, spec)
-        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds))
+        warm, warm_seconds = (
+            ("–", 0.0) if isinstance(env, str) else _warm_start_state(spec, env, model)
+        )
+        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, warm, warm_seconds))
     return plans
 
 
-def _cost(spec: RunSpec, env: Env, params: float) -> tuple[float, int]:
-    """Upper-bound FLOPs and sequential decoding steps of one run (every episode at max_turns)."""
+def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float]:
+    """Where a tiny model's warm start comes from, and roughly how long it takes to train."""
+    from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dirname
+    from sdar_bench.warmstart import SHIPPED, find_warm_start
+
+    if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
+        return "–", 0.0
+    found = find_warm_start(spec, tiny_model_dirname(spec.model, spec.env))
+    if found is not None:
+        return ("shipped" if found.parent == SHIPPED else "cached"), 0.0
+    ws = spec.warmstart
+    tokens = ws.steps * ws.batch_size * _tokens_per_turn(spec, env)
+    return "to train", 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS
+
+
+def _tokens_per_turn(spec: RunSpec, env: Env) -> float:
     task = env.task("eval", 0)
     observation = env.new_game(task).reset()
     history = [(observation.text, "go to cabinet 1")] * env.params.history_length
     prompt = env.render_prompt(task, history, observation, 0)
     # word-level count × 1.3 ≈ BPE tokens; the tiny family tokenises by word
-    tokens_per_turn = 1.3 * len(words(prompt)) + spec.train.max_new_tokens
+    return 1.3 * len(words(prompt)) + spec.train.max_new_tokens
+
+
+def _cost(spec: RunSpec, env: Env, params: float) -> tuple[float, int]:
+    """Upper-bound FLOPs and sequential decoding steps of one run (every episode at max_turns)."""
+    tokens_per_turn = _tokens_per_turn(spec, env)
     turns = env.params.max_turns
     method = get_method_class(spec.method)
     train_tokens = spec.train.steps * spec.train.tasks_per_step * spec.train.group_size

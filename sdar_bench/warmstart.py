@@ -86,6 +86,15 @@ def checkpoint_name(spec: RunSpec, model_dir: str) -> str:
     return f"{Path(model_dir).name}-{warmstart_key(spec, model_dir)}"
 
 
+def find_warm_start(spec: RunSpec, model_dir: str) -> Path | None:
+    """The warm start of ``spec`` shipped with the package or cached on this machine, if any."""
+    name = checkpoint_name(spec, model_dir)
+    for found in (SHIPPED / name, cache_dir() / "warmstart" / name):
+        if (found / "config.json").exists():
+            return found
+    return None
+
+
 def warm_start(
     policy: Policy,
     env: Env,
@@ -100,11 +109,10 @@ def warm_start(
     """
     ws = spec.warmstart
     seed = spec.seed if ws.seed is None else ws.seed
-    name = checkpoint_name(spec, model_dir)
-    for found in (SHIPPED / name, cache_dir() / "warmstart" / name):
-        if (found / "config.json").exists():
-            return found, True
-    path = cache_dir() / "warmstart" / name
+    found = find_warm_start(spec, model_dir)
+    if found is not None:
+        return found, True
+    path = cache_dir() / "warmstart" / checkpoint_name(spec, model_dir)
 
     from datasets import Dataset  # TRL and datasets are slow to import: only when training
     from trl import SFTConfig, SFTTrainer

@@ -161,3 +161,35 @@ def test_ray_executor_runs_a_two_run_suite_on_a_local_ray(tmp_path) -> None:
     assert sorted(o["status"] for o in outcomes) == ["finished", "finished"]
     for spec in suite.expand():
         assert _steps(run_dir(tmp_path / "res", spec)) == [1]
+
+
+def test_plan_says_where_each_warm_start_comes_from(tmp_path, monkeypatch) -> None:
+    from sdar_bench.config import load_suite
+    from sdar_bench.policy.tiny import tiny_model_dirname
+    from sdar_bench.warmstart import checkpoint_name
+
+    monkeypatch.setenv("SDAR_BENCH_CACHE", str(tmp_path / "cache"))
+    root = Path(__file__).resolve().parents[1]
+    shipped = plan_suite(load_suite(root / "suites" / "quickstart.yaml"), tmp_path)
+    assert {p.warmstart for p in shipped} == {"shipped"}
+
+    suite = load_suite(root / "suites" / "three_envs.yaml")
+    plans = {p.spec.env: p for p in plan_suite(suite, tmp_path) if p.spec.method == "grpo"}
+    assert plans["alfworld"].warmstart == "shipped"
+    webshop = plans["webshop"]
+    assert webshop.warmstart == "to train"
+    # 6 × params × (steps × batch × tokens per sample) ÷ the SFT rate: minutes, not hours
+    assert 60 < webshop.warmstart_seconds < 3600
+
+    spec = webshop.spec
+    name = checkpoint_name(spec, tiny_model_dirname(spec.model, spec.env))
+    (tmp_path / "cache" / "warmstart" / name).mkdir(parents=True)
+    (tmp_path / "cache" / "warmstart" / name / "config.json").write_text("{}")
+    again = {p.spec.env: p for p in plan_suite(suite, tmp_path) if p.spec.method == "grpo"}
+    assert again["webshop"].warmstart == "cached" and again["searchqa"].warmstart == "to train"
+
+    out = CliRunner().invoke(
+        app, ["plan", str(root / "suites" / "three_envs.yaml"), "-o", str(tmp_path)]
+    )
+    assert out.exit_code == 0, out.output
+    assert "1 warm start(s) to train first" in " ".join(out.output.split())

@@ -37,6 +37,13 @@ def tiny_corpus(env: str) -> list[str]:
     return [words, *skill_bank(env).values(), SKILL_HEADER, INVALID_ACTION_TEXT]
 
 
+def tiny_model_dirname(name: str, env: str, corpus: list[str] | None = None) -> str:
+    """The folder name of a tiny model: its content hash, known without building it."""
+    corpus = tiny_corpus(env) if corpus is None else corpus
+    key = hashlib.sha256(json.dumps([name, TINY_MODELS[name], corpus]).encode()).hexdigest()[:12]
+    return f"{name}-{env}-{key}"
+
+
 def tiny_model_dir(name: str, env: str) -> Path:
     """Build (once) and return the directory holding the tiny model ``name`` for ``env``.
 
@@ -45,8 +52,7 @@ def tiny_model_dir(name: str, env: str) -> Path:
     """
     hidden, layers, heads, kv_heads, mlp = TINY_MODELS[name]
     corpus = tiny_corpus(env)
-    key = hashlib.sha256(json.dumps([name, TINY_MODELS[name], corpus]).encode()).hexdigest()[:12]
-    path = cache_dir() / "models" / f"{name}-{env}-{key}"
+    path = cache_dir() / "models" / tiny_model_dirname(name, env, corpus)
     if (path / "config.json").exists():
         return path
 
