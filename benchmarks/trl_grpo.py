@@ -93,6 +93,9 @@ class RecordingBackend:
     def sync_weights(self) -> None:
         self.inner.sync_weights()
 
+    def sleep(self) -> None:
+        self.inner.sleep()
+
 
 def breakdown(parts: list[dict[str, float]]) -> str:
     """Median seconds of each phase over the timed steps."""

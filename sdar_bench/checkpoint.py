@@ -52,6 +52,7 @@ def load_checkpoint(state: RunState, run_dir: Path) -> int:
     """Restore ``state`` from ``run_dir/checkpoint.pt``; returns the finished step count."""
     payload = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)
     state.policy.model.load_state_dict(payload["model"])
+    state.backend.sync_weights()  # a vLLM engine still holds the weights it was built with
     if state.optimizer is not None and payload["optimizer"] is not None:
         state.optimizer.load_state_dict(payload["optimizer"])
     if payload["teacher"] is not None and state.teacher is not None:

@@ -104,9 +104,13 @@ class RunSpec(Strict):
     @property
     def run_id(self) -> str:
         """A readable, unique directory name for the run."""
-        tag = hashlib.sha256(
-            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()[:8]
+        fields = self.model_dump(mode="json")
+        if self.policy.rollout == "transformers":
+            # The default rollout leaves the id as it was before the option existed, so the
+            # runs already on disk are still found (finished, or resumed from a checkpoint).
+            for key in ("rollout", "vllm"):
+                del fields["policy"][key]
+        tag = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         short = (
             ""
             if not self.method_params

@@ -43,7 +43,7 @@ class RunPlan:
 
     @property
     def needs_gpu(self) -> bool:
-        return self.model.needs_gpu
+        return self.model.needs_gpu or self.spec.policy.rollout == "vllm"
 
 
 def run_state(run_dir: Path, spec: RunSpec) -> str:
@@ -164,11 +164,16 @@ def preflight(
             )
         if not plan.data_ok:
             problems.append(plan.data)
-        if plan.needs_gpu and not needs_gpu_ok and plan.model.present:
+        if plan.model.needs_gpu and not needs_gpu_ok and plan.model.present:
             problems.append(
                 f"models: {plan.model.name} needs a GPU and none is visible; "
                 "run it on a GPU machine (or a Ray cluster with GPUs)"
             )
+        if plan.spec.policy.rollout == "vllm":
+            from sdar_bench.policy.vllm_backend import vllm_problem
+
+            if (problem := vllm_problem(cuda=needs_gpu_ok)) is not None:
+                problems.append(problem)
     if uri:
         problems += _tracking_problem(uri)
     return list(dict.fromkeys(problems))

@@ -230,10 +230,11 @@ def _run_processes(
 
 
 def run_resources(spec: RunSpec) -> dict[str, float]:
-    """A run's Ray request: one GPU for models that need one, else CPUs."""
+    """A run's Ray request: one GPU for models that need one (or a vLLM rollout), else CPUs."""
     from sdar_bench.policy.catalog import model_info
 
-    return {"num_gpus": 1, "num_cpus": 4} if model_info(spec.model).needs_gpu else {"num_cpus": 1}
+    gpu = model_info(spec.model).needs_gpu or spec.policy.rollout == "vllm"
+    return {"num_gpus": 1, "num_cpus": 4} if gpu else {"num_cpus": 1}
 
 
 def _run_ray(

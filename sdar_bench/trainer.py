@@ -28,7 +28,7 @@ from sdar_bench.config import RunSpec
 from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
 from sdar_bench.policy import Policy
-from sdar_bench.policy.backend import RolloutBackend, TransformersBackend
+from sdar_bench.policy.backend import RolloutBackend, make_backend
 from sdar_bench.policy.scoring import by_prompt, response_logprobs, score_in_chunks
 from sdar_bench.registry import Method, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
@@ -140,7 +140,7 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
         env=env,
         method=method,
         policy=policy,
-        backend=TransformersBackend(policy.model, policy.pad_id, policy.eos_id),
+        backend=make_backend(policy),
         reference=reference,
         teacher=teacher,
         optimizer=optimizer,
@@ -227,6 +227,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         seed=spec.seed * 1_000_003 + step,
         skills=state.train_skills,
     )
+    state.backend.sleep()  # a GPU rollout engine frees its memory for scoring and the update
     batch = build_batch(episodes, env, policy, state.teacher_skills)
     for retriever in {id(r): r for r in (state.train_skills, state.teacher_skills) if r}.values():
         for episode in episodes:  # the ucb retriever learns which skill goes with success
@@ -272,6 +273,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
     view = view.with_(advantages=advantages)
     update_metrics, first_logp = _update(state, batch, view, step)
+    # Once per step, after all its updates: the rollout engine is next used by the next rollout.
+    state.backend.sync_weights()
     t3 = time.perf_counter()
     updates = spec.train.ppo_epochs * spec.train.mini_batches
     if update_metrics["nonfinite/skipped"] == updates:

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from sdar_bench.policy.errors import ModelNotFound
-from sdar_bench.policy.options import LoraOptions, PolicyOptions
+from sdar_bench.policy.options import LoraOptions, PolicyOptions, VLLMOptions
 from sdar_bench.policy.packaged import PACKAGED_MODELS, packaged_model_dir
 from sdar_bench.policy.prompts import PromptEncoder
 from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dir
@@ -36,6 +36,7 @@ __all__ = [
     "ModelNotFound",
     "Policy",
     "PolicyOptions",
+    "VLLMOptions",
     "load_policy",
     "load_tokenizer",
     "prepare_model",

@@ -1,18 +1,24 @@
 """Rollout backends: turn a batch of prompt ids into sampled response ids.
 
-The trainer needs only ``generate``; the transformers backend is the default and the CPU path,
-and a vLLM backend can take its place on a GPU by implementing the same protocol.
+The trainer calls ``generate`` during rollouts, ``sleep`` when a rollout is over and training
+begins, and ``sync_weights`` after the step's updates. The transformers backend is the default
+and the CPU path: it samples from the trainer's own model, so the other two are no-ops. The
+vLLM backend (``policy: {rollout: vllm}``, vllm_backend.py) holds its own copy of the weights
+on the GPU and needs both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from sdar_bench.policy.scoring import distinct_rows, shared_prompt_cache
+
+if TYPE_CHECKING:
+    from sdar_bench.policy import Policy
 
 
 class RolloutBackend(Protocol):
@@ -30,6 +36,19 @@ class RolloutBackend(Protocol):
         """Make the next ``generate`` use the trainer's current weights."""
         ...
 
+    def sleep(self) -> None:
+        """Free the backend's accelerator memory for training until the next ``generate``."""
+        ...
+
+
+def make_backend(policy: Policy) -> RolloutBackend:
+    """The rollout backend ``policy.options.rollout`` names, sampling from ``policy``."""
+    if policy.options.rollout == "vllm":
+        from sdar_bench.policy.vllm_backend import VLLMBackend
+
+        return VLLMBackend(policy)
+    return TransformersBackend(policy.model, policy.pad_id, policy.eos_id)
+
 
 class TransformersBackend:
     """Batched ``model.generate`` with left padding, chunked to bound memory."""
@@ -38,6 +57,9 @@ class TransformersBackend:
         self.model, self.pad_id, self.eos_id, self.chunk = model, pad_id, eos_id, chunk
 
     def sync_weights(self) -> None:  # the model *is* the trainer's model
+        return None
+
+    def sleep(self) -> None:  # nothing of its own to free
         return None
 
     @torch.no_grad()

@@ -1,5 +1,5 @@
 """How a policy is loaded: precision, device and the memory features that let a 7B model train
-on one 80 GB GPU (gradient checkpointing, LoRA).
+on one 80 GB GPU (gradient checkpointing, LoRA), and which engine samples its rollouts.
 
 The defaults keep every CPU result bit-for-bit what it was: float32 on the CPU, full fine-tuning,
 no checkpointing.
@@ -38,6 +38,24 @@ class LoraOptions(_Strict):
     output head)."""
 
 
+class VLLMOptions(_Strict):
+    """The vLLM rollout engine (``rollout: vllm``). It runs in the trainer's process, on the
+    trainer's GPU, and gets the trainer's weights after every training step."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """Share of the GPU's total memory the engine may take for its copy of the weights and its
+    KV cache. Low by default because the trainer (weights, optimiser moments, activations)
+    needs the rest; vLLM refuses to start when this share is more than is free at that time."""
+    sleep: bool = True
+    """Release the engine's memory while the trainer scores and updates (vLLM sleep mode,
+    level 2: weights and KV cache both dropped). The weights come back with the sync after the
+    update, the KV cache at the next rollout. Off: the engine keeps its share all the time
+    (faster switches, less memory for training)."""
+    enforce_eager: bool = False
+    """Run the engine without CUDA graphs: slower decoding, but a faster start and no graph
+    memory (worth it for short runs and tiny models)."""
+
+
 class PolicyOptions(_Strict):
     """Precision, device and memory features of a loaded policy."""
 
@@ -55,6 +73,13 @@ class PolicyOptions(_Strict):
     """Train low-rank adapters instead of every weight (the memory option for 7B models)."""
     system_prompt: str | None = None
     """The system turn of chat-template models; None keeps the template's own default."""
+    rollout: Literal["transformers", "vllm"] = "transformers"
+    """Which engine samples rollouts. ``transformers``: ``model.generate`` on the trainer's own
+    model (the default, and the CPU path). ``vllm``: a vLLM engine on a CUDA GPU, needs
+    ``pip install sdar-bench[vllm]`` (policy/vllm_backend.py; not yet run on a GPU by the
+    project)."""
+    vllm: VLLMOptions = VLLMOptions()
+    """Settings of the vLLM engine; read only when ``rollout`` is ``vllm``."""
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
