@@ -108,8 +108,8 @@ def main() -> None:
     peak = max(peak_before, matmul_flops())
 
     print(
-        f"matmul fp32 1024x1024, {torch.get_num_threads()} threads: {peak / 1e9:.1f} GFLOP/s "
-        f"(before the steps {peak_before / 1e9:.1f})"
+        f"matmul fp32 1024x1024, torch threads {torch.get_num_threads()}: "
+        f"{peak / 1e9:.1f} GFLOP/s (before the steps {peak_before / 1e9:.1f})"
     )
     print(f"model parameters: {params:,}")
     for i, row in enumerate(rows, start=1):

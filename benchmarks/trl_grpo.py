@@ -282,9 +282,11 @@ def main() -> None:
     ours_len = statistics.mean(backend.lengths)
     trl_len = statistics.mean(trl_lengths) if trl_lengths else float("nan")
     print(
-        f"workload: {args.tasks} prompts x G {args.group} = {args.tasks * args.group} samples/step, "
+        f"workload: {args.tasks} prompts x G {args.group} = {args.tasks * args.group} "
+        "samples/step, "
         f"prompt {len(ours_policy.encoder.encode(rows[0]['prompt']))} tokens, "
-        f"L {args.length}, {torch.get_num_threads()} threads, {args.steps} timed steps per side"
+        f"L {args.length}, torch threads {torch.get_num_threads()}, "
+        f"{args.steps} timed steps per side"
     )
     print(f"completion length: ours {ours_len:.1f}, TRL {trl_len:.1f} tokens")
     print(f"ours: {ours:.3f} s/step ({breakdown(ours_parts[1:])})")

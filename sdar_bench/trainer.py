@@ -29,7 +29,7 @@ from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend, TransformersBackend
-from sdar_bench.policy.scoring import response_logprobs, score_in_chunks
+from sdar_bench.policy.scoring import by_prompt, response_logprobs, score_in_chunks
 from sdar_bench.registry import Method, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
 from sdar_bench.skills import SkillRetriever
@@ -334,7 +334,10 @@ def _update(
             state.optimizer.zero_grad(set_to_none=True)
             mb_tokens = view.mask[mb_rows].sum().clamp(min=1)
             finite = True
-            for rows in mb_rows.split(spec.train.micro_batch_size):
+            # Micro-batches only split the mini-batch's gradient sum: ordering its rows by
+            # prompt cuts padding and lets copies of a prompt share one forward pass.
+            sorted_rows = torch.tensor(by_prompt(batch.prompt_ids, mb_rows.tolist()))
+            for rows in sorted_rows.split(spec.train.micro_batch_size):
                 idx = rows.tolist()
                 logp, entropy, _ = response_logprobs(
                     model,

@@ -64,6 +64,10 @@ class AdapterFreeView(torch.nn.Module):
     def config(self) -> Any:
         return self._peft.config
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self._peft, "is_gradient_checkpointing", False))
+
     def forward(self, **kwargs: Any) -> Any:
         with self._peft.disable_adapter():
             return self._peft(**kwargs)

@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from sdar_bench.policy.scoring import distinct_rows, shared_prompt_cache
+
 
 class RolloutBackend(Protocol):
     def generate(
@@ -77,10 +79,22 @@ class TransformersBackend:
         for i, p in enumerate(prompts):
             input_ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, P - len(p) :] = 1
+        device = self.model.device
+        owners, inverse = distinct_rows(prompts)
+        extra = {}
+        if len(owners) < len(prompts) and P > 1:
+            # Copies of one prompt (a task's G first turns) are prefilled once: the cache holds
+            # every prompt but its last token, and generate() runs from there.
+            shared = shared_prompt_cache(
+                self.model, input_ids[owners, :-1], attention[owners, :-1], inverse
+            )
+            if shared is not None:
+                extra["past_key_values"] = shared[0]
         sequences = self.model.generate(
-            input_ids=input_ids.to(self.model.device),
-            attention_mask=attention.to(self.model.device),
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
             generation_config=config,
+            **extra,
         )
         responses = []
         for row in sequences[:, P:].tolist():

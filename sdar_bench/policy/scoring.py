@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 
 def pack(
@@ -33,6 +33,92 @@ def pack(
     return input_ids, attention, mask
 
 
+def distinct_rows(prompts: Sequence[Sequence[int]]) -> tuple[list[int], torch.Tensor]:
+    """``owners``: the row of each distinct prompt's first copy; ``inverse`` [B]: which
+    distinct prompt each row holds (``prompts[i] == prompts[owners[inverse[i]]]``)."""
+    index: dict[tuple[int, ...], int] = {}
+    owners: list[int] = []
+    inverse: list[int] = []
+    for row, prompt in enumerate(prompts):
+        key = tuple(prompt)
+        if key not in index:
+            index[key] = len(owners)
+            owners.append(row)
+        inverse.append(index[key])
+    return owners, torch.tensor(inverse, dtype=torch.long)
+
+
+def shared_prompt_cache(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    inverse: torch.Tensor,
+) -> tuple[DynamicCache, torch.Tensor] | None:
+    """Run the distinct left-padded prompts ``input_ids`` [U, P] once and repeat their KV cache
+    to the rows of ``inverse`` [B]; returns the cache and the last position's logits [U, V],
+    or None where the model kept no cache (gradient checkpointing in training mode).
+
+    Differentiable when gradients are on: the copies' gradients add up in the shared prompt.
+    """
+    device = model.device
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=position_ids.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    if cache.get_seq_length() != input_ids.shape[1]:
+        return None
+    cache.batch_select_indices(inverse.to(device))
+    return cache, out.logits[:, -1]
+
+
+def _shared_prompt_logits(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Response logits [B, R, V], targets [B, R] and mask [B, R] with each distinct prompt run
+    once (the G copies of a task's first turn, identical histories); None when every prompt
+    differs or the model recomputes activations in backward (its cache would be off)."""
+    owners, inverse = distinct_rows(prompts)
+    if len(owners) == len(prompts) or getattr(model, "is_gradient_checkpointing", False):
+        return None
+    P = max(len(prompts[i]) for i in owners)
+    input_ids = torch.full((len(owners), P), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(owners), P), dtype=torch.long)
+    for row, i in enumerate(owners):
+        input_ids[row, P - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
+        attention[row, P - len(prompts[i]) :] = 1
+    shared = shared_prompt_cache(model, input_ids, attention, inverse)
+    if shared is None:
+        return None
+    cache, first = shared
+    R = max(max((len(r) for r in responses), default=0), 1)
+    targets = torch.full((len(responses), R), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(responses), R), dtype=torch.float32)
+    for i, r in enumerate(responses):
+        targets[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1.0
+    last = attention.sum(-1, keepdim=True)[inverse]  # [B, 1] position of the first response token
+    device = model.device
+    out = model(
+        input_ids=targets.to(device),
+        attention_mask=torch.cat([attention[inverse], mask.long()], dim=1).to(device),
+        position_ids=(last + torch.arange(R)).to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    # The prompt's last position predicts response token 0; response token t predicts t + 1.
+    logits = torch.cat([first[inverse.to(device)].unsqueeze(1), out.logits[:, :-1]], dim=1)
+    return logits, targets, mask
+
+
 def response_logprobs(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -47,19 +133,25 @@ def response_logprobs(
     results come back to the CPU, where the trainer keeps masks, advantages and old log-probs,
     so the loss maths is the same code on either device (B·R floats: negligible traffic).
     """
-    input_ids, attention, mask = pack(prompts, responses, pad_id)
-    R = mask.shape[1]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
-    out = model(
-        input_ids=input_ids.to(model.device),
-        attention_mask=attention.to(model.device),
-        position_ids=position_ids.to(model.device),
-        logits_to_keep=R + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1].float()  # [B, R, V]: position P-1+t predicts response token t
+    shared = _shared_prompt_logits(model, prompts, responses, pad_id)
+    if shared is not None:
+        logits, targets, mask = shared
+    else:
+        input_ids, attention, mask = pack(prompts, responses, pad_id)
+        R = mask.shape[1]
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
+        out = model(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
+            position_ids=position_ids.to(model.device),
+            logits_to_keep=R + 1,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # [B, R, V]: position P-1+t predicts response token t
+        targets = input_ids[:, -R:]  # [B, R]
+    logits = logits.float()
     logprobs_all = F.log_softmax(logits, dim=-1)  # [B, R, V]
-    targets = input_ids[:, -R:].to(logits.device)  # [B, R]
+    targets = targets.to(logits.device)
     mask = mask.to(logits.device)
     logp = logprobs_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask  # [B, R]
     entropy = None
@@ -78,10 +170,19 @@ def score_in_chunks(
 ) -> torch.Tensor:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R."""
     R = max(max((len(r) for r in responses), default=0), 1)
-    rows = []
+    out = torch.zeros(len(prompts), R)
+    order = by_prompt(prompts)
     for start in range(0, len(prompts), chunk):
+        rows = order[start : start + chunk]
         logp, _, _ = response_logprobs(
-            model, prompts[start : start + chunk], responses[start : start + chunk], pad_id
+            model, [prompts[i] for i in rows], [responses[i] for i in rows], pad_id
         )
-        rows.append(F.pad(logp, (0, R - logp.shape[1])))
-    return torch.cat(rows)
+        out[rows] = F.pad(logp, (0, R - logp.shape[1]))
+    return out
+
+
+def by_prompt(prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> list[int]:
+    """``rows`` (default: all) ordered by prompt length, then prompt: chunks then pad little
+    and hold every copy of a prompt together, so ``response_logprobs`` runs it once."""
+    rows = range(len(prompts)) if rows is None else rows
+    return sorted(rows, key=lambda i: (len(prompts[i]), prompts[i]))
