@@ -50,12 +50,12 @@ def matmul_flops(n: int = 1024, reps: int = 5, per_rep: int = 10) -> float:
 
 
 class PositionCounter:
-    """Wraps the trainer's ``response_logprobs`` and counts, per call, the positions of a padded
+    """Wraps the trainer's ``score_responses`` and counts, per call, the positions of a padded
     forward pass (rows × (longest prompt + longest response)) and the tokens with each distinct
     prompt counted once."""
 
     def __init__(self) -> None:
-        self.inner = trainer.response_logprobs
+        self.inner = trainer.score_responses
         self.positions = 0
         self.distinct_tokens = 0
 
@@ -81,7 +81,7 @@ def main() -> None:
     state = setup(spec, warm_policy(spec))
     params = sum(p.numel() for p in state.policy.model.parameters())
     counter = PositionCounter()
-    trainer.response_logprobs = counter  # the update's calls; scoring imports its own copy
+    trainer.score_responses = counter  # the update's calls; scoring imports its own copy
 
     rows: list[dict[str, float]] = []
     for step in range(args.steps + 1):
@@ -104,7 +104,7 @@ def main() -> None:
                 "reference_flops": 2 * params * tokens / metrics["time/teacher"],
             }
         )
-    trainer.response_logprobs = counter.inner
+    trainer.score_responses = counter.inner
     peak = max(peak_before, matmul_flops())
 
     print(

@@ -9,6 +9,9 @@ The shared parameter classes live here too, so that the trainer (which reads ``t
 
 * ``SkillParams``: methods that retrieve skills at all (``retrieval``);
 * ``TeacherParams``: methods with a teacher branch (adds ``teacher`` and ``ema_decay``).
+
+``[B, T, K]`` is K vocabulary entries per response token (the teacher's top-k), for the
+full-vocabulary divergences of SDAR's ablation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ STD_EPS = 1e-6
 """Added to the group std in the advantage denominator (SPEC §2)."""
 KL_CLAMP = 10.0
 """The k3 KL estimate is clamped to [−KL_CLAMP, KL_CLAMP] (SPEC §2)."""
+LOGP_FLOOR = -1.0e4
+"""Log-probs entering the full-vocabulary divergences are floored here, so a token of probability
+0 (a −inf logit) adds 0·finite = 0 to a KL, in its value and its gradient, not 0·inf = NaN."""
 LOG_RATIO_CLAMP = 20.0
 """Log-ratios are clamped to ±20 before ``exp`` (as verl does) so padding or outliers never
 overflow to inf, whose 0·inf would turn the masked token-mean into NaN."""
@@ -218,3 +224,28 @@ def normalised_entropy(view: TokenView) -> torch.Tensor:
             "the trainer must set TokenView.vocab_size"
         )
     return view.entropy.detach() / math.log(view.vocab_size)  # [B, T]
+
+
+# --------------------------------------------------------------------------- top-k divergences
+
+
+def renormalised(logp_k: torch.Tensor) -> torch.Tensor:
+    """log p̃(v) = log p(v) − log Σ_{u∈S} p(u) [B, T, K]: the distribution whose full-softmax
+    log-probs ``logp_k`` [B, T, K] are given on K kept tokens S, restricted and renormalised to S.
+
+    With K = |V| this is the distribution itself (the sum is 1, up to rounding). Keeps the
+    gradient of ``logp_k`` (through the normaliser as well).
+    """
+    logp_k = logp_k.clamp(min=LOGP_FLOOR)  # [B, T, K]
+    return logp_k - torch.logsumexp(logp_k, dim=-1, keepdim=True)  # [B, T, K]
+
+
+def kl_from_logp(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ_k p_k·(log p_k − log q_k) [B, T] from log-probs [B, T, K] of two
+    distributions over the same K entries (each summing to 1 over them)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)  # [B, T]
+
+
+def mixture_logp(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """log M [B, T, K] of the mixture M = ½(p + q), from log p and log q [B, T, K]."""
+    return torch.logaddexp(log_p, log_q) - math.log(2.0)  # [B, T, K]

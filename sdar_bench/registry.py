@@ -2,8 +2,8 @@
 
 A method is a class with a ``Params`` model (its knobs, with SPEC's defaults), three class-level
 answers to the trainer's questions (``trains``, ``needs_teacher``, ``student_sees_skills``), an
-``advantages`` hook (GRPO's group normalisation unless the method reshapes it) and ``loss`` on
-one mini-batch. Methods are discovered through the entry-point group ``sdar_bench.methods``, so a
+``advantages`` hook (GRPO's group normalisation unless the method reshapes it), optionally how
+much of the teacher's distribution it needs (``teacher_topk``) and ``loss`` on one mini-batch. Methods are discovered through the entry-point group ``sdar_bench.methods``, so a
 third-party package can add one without touching this repository.
 """
 
@@ -61,6 +61,13 @@ class Method:
         from sdar_bench.objectives import group_advantages
 
         return group_advantages(rewards, group_ids)[:, None] * view.mask  # [B, T]
+
+    def teacher_topk(self) -> int | None:
+        """How many of the teacher's likeliest tokens per response token the trainer keeps for
+        this method (``TokenView.teacher_topk_*``, and the student's log-probs at the same ids
+        in ``student_topk_logp``), or None: nothing beyond the sampled token (the default).
+        Only asked of methods with ``needs_teacher``; costs B·T·K·12 bytes of CPU memory."""
+        return None
 
     def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError(f"method {self.name!r} does not train")

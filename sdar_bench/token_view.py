@@ -2,7 +2,8 @@
 
 Every tensor is ``[B, T]`` over the *response* tokens of B turn samples, right-padded to T;
 ``mask`` is 1 on real response tokens and 0 on padding. Prompts never appear here: observations
-receive no loss (SPEC §1).
+receive no loss (SPEC §1). The optional top-k fields are ``[B, T, K]``: K vocabulary entries per
+response token (the teacher's K most likely tokens), for the full-vocabulary divergences.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 class TokenView:
     """Inputs of ``Method.loss``.
 
-    ``logp`` and ``entropy`` carry the gradient; everything else is detached. ``teacher_logp`` is None for
-    methods without a teacher branch; ``logp`` is None while advantages are being computed
-    (before the update pass).
+    ``logp``, ``entropy`` and ``student_topk_logp`` carry the gradient; everything else is
+    detached. ``teacher_logp`` is None for methods without a teacher branch; ``logp`` is None
+    while advantages are being computed (before the update pass). The ``*topk*`` fields are None
+    unless the method asks for them (``Method.teacher_topk``).
     """
 
     mask: torch.Tensor  # [B, T] float, 1 on response tokens
@@ -30,6 +32,9 @@ class TokenView:
     )
     entropy: torch.Tensor | None = None  # [B, T] H(π_θ(·|s_t)) in nats, with grad in the update
     advantages: torch.Tensor | None = None  # [B, T] per-token advantage
+    teacher_topk_ids: torch.Tensor | None = None  # [B, T, K] long: the teacher's K likeliest v
+    teacher_topk_logp: torch.Tensor | None = None  # [B, T, K] log π_teacher(v|s_t⁺), full softmax
+    student_topk_logp: torch.Tensor | None = None  # [B, T, K] log π_θ(v|s_t) at those v, with grad
     vocab_size: int = 0  # |V|, for gates that normalise the entropy by log|V|
 
     def with_(self, **changes: torch.Tensor | int | None) -> TokenView:
@@ -46,6 +51,9 @@ class TokenView:
             "teacher_logp",
             "entropy",
             "advantages",
+            "teacher_topk_ids",
+            "teacher_topk_logp",
+            "student_topk_logp",
         ):
             value = getattr(self, name)
             fields[name] = None if value is None else value[rows]

@@ -4,6 +4,7 @@
                batch    ← one sample per turn (prompt, response, reward, turn index, group)
                old, ref ← score(policy), score(reference)             no grad
                teach    ← score(teacher, prompt with skill block)      only if method.needs_teacher
+                          (+ the teacher's top-k tokens per position  only if method.teacher_topk())
                adv      ← method.advantages(view, rewards, groups, step)
                loss, m  ← method.loss(view)   per mini-batch, accumulated over micro-batches
                every eval.every steps: evaluate the fixed panel
@@ -29,7 +30,12 @@ from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend, make_backend
-from sdar_bench.policy.scoring import by_prompt, response_logprobs, score_in_chunks
+from sdar_bench.policy.scoring import (
+    by_prompt,
+    score_in_chunks,
+    score_responses,
+    score_topk_in_chunks,
+)
 from sdar_bench.registry import Method, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
 from sdar_bench.skills import SkillRetriever
@@ -256,11 +262,28 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         if state.reference is not None
         else None
     )
-    teach = None
+    teach = topk_ids = topk_logp = None
+    topk = method.teacher_topk()
     if batch.teacher_ids is not None and state.teacher is not None:
-        teach = score_in_chunks(
-            state.teacher, batch.teacher_ids, batch.response_ids, pad, spec.train.micro_batch_size
-        )
+        if topk is None:
+            teach = score_in_chunks(
+                state.teacher,
+                batch.teacher_ids,
+                batch.response_ids,
+                pad,
+                spec.train.micro_batch_size,
+            )
+        else:  # [N, R], [N, R, K], [N, R, K]: the same pass keeps the teacher's top-k tokens
+            teach, topk_ids, topk_logp = score_topk_in_chunks(
+                state.teacher,
+                batch.teacher_ids,
+                batch.response_ids,
+                pad,
+                topk,
+                spec.train.micro_batch_size,
+            )
+    elif topk is not None:
+        raise ValueError(f"method {method.name!r} asks for the teacher's top-k but has no teacher")
     t2 = time.perf_counter()
 
     view = TokenView(
@@ -268,6 +291,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         old_logp=old,
         ref_logp=ref,
         teacher_logp=teach,
+        teacher_topk_ids=topk_ids,
+        teacher_topk_logp=topk_logp,
         vocab_size=policy.model.config.vocab_size,
     )
     advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
@@ -342,18 +367,21 @@ def _update(
             sorted_rows = torch.tensor(by_prompt(batch.prompt_ids, mb_rows.tolist()))
             for rows in sorted_rows.split(spec.train.micro_batch_size):
                 idx = rows.tolist()
-                logp, entropy, _ = response_logprobs(
+                micro = view.select(rows)
+                scores = score_responses(
                     model,
                     [batch.prompt_ids[i] for i in idx],
                     [batch.response_ids[i] for i in idx],
                     policy.pad_id,
                     with_entropy=True,
+                    at_ids=micro.teacher_topk_ids,  # [b, R, K] or None
                 )
-                assert entropy is not None
-                logp = F.pad(logp, (0, R - logp.shape[1]))  # [b, R]
-                micro = view.select(rows).with_(
-                    logp=logp, entropy=F.pad(entropy, (0, R - entropy.shape[1]))
-                )
+                assert scores.entropy is not None
+                pad_to = R - scores.logp.shape[1]
+                logp = F.pad(scores.logp, (0, pad_to))  # [b, R]
+                micro = micro.with_(logp=logp, entropy=F.pad(scores.entropy, (0, pad_to)))
+                if scores.logp_at is not None:  # [b, R, K] student at the teacher's top-k
+                    micro = micro.with_(student_topk_logp=F.pad(scores.logp_at, (0, 0, 0, pad_to)))
                 if micro.old_logp is None:  # single pass: the rollout weights are these weights
                     micro = micro.with_(old_logp=logp.detach())
                 fresh = ~seen[rows]

@@ -89,7 +89,7 @@ def test_methods_command_lists_all_nine() -> None:
 
 
 def test_shipped_suites_validate() -> None:
-    for path in sorted((ROOT / "suites").glob("*.yaml")):
+    for path in sorted((ROOT / "suites").rglob("*.yaml")):  # ablations/ too
         assert load_suite(path).expand()
 
 

@@ -4,11 +4,14 @@ Layout: prompts left-padded to a common length P, responses right-padded to R, s
 response token sits in the same column for every row — and for the teacher, whose prompts are
 longer, the response columns line up with the student's. Logits are computed only for the
 R positions that predict response tokens (``logits_to_keep``), which matters for large vocabularies.
+On request the same pass also keeps a token's top-k vocabulary entries (the teacher side of
+SDAR's full-vocabulary divergences) or gathers log-probs at given ids (the student side).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,19 +122,37 @@ def _shared_prompt_logits(
     return logits, targets, mask
 
 
-def response_logprobs(
+@dataclass(frozen=True)
+class ResponseScores:
+    """What one forward pass over (prompt, response) pairs yields, on the CPU; padding holds 0.
+
+    ``K`` is the number of vocabulary entries kept per response token (the teacher's top-k, or
+    the ids the caller asked for). Tensors carry the gradient when the caller had it enabled.
+    """
+
+    logp: torch.Tensor  # [B, R] log π(y_t|s_t) of the response tokens
+    mask: torch.Tensor  # [B, R] 1 on response tokens
+    entropy: torch.Tensor | None = None  # [B, R] H(π(·|s_t)) in nats, if asked for
+    topk_ids: torch.Tensor | None = None  # [B, R, K] long: the K most likely tokens, if asked for
+    topk_logp: torch.Tensor | None = None  # [B, R, K] log π(v|s_t) at topk_ids (full softmax)
+    logp_at: torch.Tensor | None = None  # [B, R, K] log π(v|s_t) at the caller's ``at_ids``
+
+
+def score_responses(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     pad_id: int,
     with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``logp`` [B, R], ``entropy`` [B, R] or None, response ``mask`` [B, R], on the CPU.
+    topk: int | None = None,
+    at_ids: torch.Tensor | None = None,
+) -> ResponseScores:
+    """Log-probs of the responses and, on request, per response token: the entropy, the ``topk``
+    most likely tokens with their log-probs (``K = min(topk, |V|)``), and the log-probs at given
+    token ids ``at_ids`` [B, R', K] (R' ≥ the longest response here; columns past it are ignored).
 
-    Gradients flow when the caller has them enabled (also through the move off the GPU);
-    padded positions hold 0. The [B, R, V] logits stay on the model's device; the [B, R]
-    results come back to the CPU, where the trainer keeps masks, advantages and old log-probs,
-    so the loss maths is the same code on either device (B·R floats: negligible traffic).
+    One forward pass whichever is asked for; the [B, R, V] log-softmax stays on the model's
+    device and only [B, R] / [B, R, K] results come back to the CPU.
     """
     shared = _shared_prompt_logits(model, prompts, responses, pad_id)
     if shared is not None:
@@ -157,7 +178,36 @@ def response_logprobs(
     entropy = None
     if with_entropy:
         entropy = (-(logprobs_all.exp() * logprobs_all).sum(-1) * mask).cpu()  # [B, R]
-    return logp.cpu(), entropy, mask.cpu()
+    topk_ids = topk_logp = logp_at = None
+    if topk is not None:
+        k = min(topk, logprobs_all.shape[-1])
+        values, ids = logprobs_all.topk(k, dim=-1)  # [B, R, K], [B, R, K]
+        topk_logp = (values * mask.unsqueeze(-1)).cpu()  # [B, R, K]
+        topk_ids = (ids * mask.long().unsqueeze(-1)).cpu()  # [B, R, K], 0 on padding
+    if at_ids is not None:
+        R = logprobs_all.shape[1]
+        ids = at_ids[:, :R].to(logits.device)  # [B, R, K]
+        logp_at = (logprobs_all.gather(-1, ids) * mask.unsqueeze(-1)).cpu()  # [B, R, K]
+    return ResponseScores(logp.cpu(), mask.cpu(), entropy, topk_ids, topk_logp, logp_at)
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``logp`` [B, R], ``entropy`` [B, R] or None, response ``mask`` [B, R], on the CPU.
+
+    Gradients flow when the caller has them enabled (also through the move off the GPU);
+    padded positions hold 0. The [B, R, V] logits stay on the model's device; the [B, R]
+    results come back to the CPU, where the trainer keeps masks, advantages and old log-probs,
+    so the loss maths is the same code on either device (B·R floats: negligible traffic).
+    ``score_responses`` is the same pass with the top-k / per-id extras.
+    """
+    scores = score_responses(model, prompts, responses, pad_id, with_entropy=with_entropy)
+    return scores.logp, scores.entropy, scores.mask
 
 
 @torch.no_grad()
@@ -179,6 +229,45 @@ def score_in_chunks(
         )
         out[rows] = F.pad(logp, (0, R - logp.shape[1]))
     return out
+
+
+@torch.no_grad()
+def score_topk_in_chunks(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    topk: int,
+    chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``score_in_chunks`` that also keeps, per response token, the ``topk`` most likely tokens:
+    ``logp`` [B, R], ``topk_ids`` [B, R, K] long, ``topk_logp`` [B, R, K], K = min(topk, |V|).
+
+    Memory: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on padding.
+    """
+    R = max(max((len(r) for r in responses), default=0), 1)
+    logp_out = torch.zeros(len(prompts), R)
+    ids_out: torch.Tensor | None = None
+    topk_out: torch.Tensor | None = None
+    order = by_prompt(prompts)
+    for start in range(0, len(prompts), chunk):
+        rows = order[start : start + chunk]
+        s = score_responses(
+            model, [prompts[i] for i in rows], [responses[i] for i in rows], pad_id, topk=topk
+        )
+        assert s.topk_ids is not None and s.topk_logp is not None
+        if ids_out is None or topk_out is None:
+            k = s.topk_ids.shape[-1]
+            ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
+            topk_out = torch.zeros(len(prompts), R, k)
+        pad = R - s.logp.shape[1]
+        logp_out[rows] = F.pad(s.logp, (0, pad))
+        ids_out[rows] = F.pad(s.topk_ids, (0, 0, 0, pad))
+        topk_out[rows] = F.pad(s.topk_logp, (0, 0, 0, pad))
+    if ids_out is None or topk_out is None:  # no rows
+        k = min(topk, model.config.vocab_size)
+        ids_out, topk_out = torch.zeros(0, R, k, dtype=torch.long), torch.zeros(0, R, k)
+    return logp_out, ids_out, topk_out
 
 
 def by_prompt(prompts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> list[int]:
