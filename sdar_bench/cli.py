@@ -154,11 +154,7 @@ def plan(
     gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
     cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
     # one warm start serves every run of its (model, env, settings): count it once
-    warm_starts = {
-        (p.spec.model, p.spec.env, repr(p.spec.env_params), repr(p.spec.warmstart)): p
-        for p in left
-        if p.warmstart == "to train"
-    }
+    warm_starts = {p.warmstart_name: p for p in left if p.warmstart == "to train"}
     warm_cpu = sum(p.warmstart_seconds for p in warm_starts.values())
     console.print(
         f"{len(left)} runs to do: about {_duration(cpu)} of CPU time and {_duration(gpu)} of GPU "

@@ -40,6 +40,7 @@ class RunPlan:
     seconds: float  # rough wall time on the device it needs
     warmstart: str = "–"  # tiny models: "shipped", "cached" or "to train"
     warmstart_seconds: float = 0.0  # rough time to train it where it is "to train"
+    warmstart_name: str = ""  # its checkpoint name: one warm start serves every run sharing it
 
     @property
     def needs_gpu(self) -> bool:
@@ -80,26 +81,27 @@ def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
             )
             seconds = flops / rate + decode_steps * decode_s
         state = run_state(results / "runs" / spec.run_id, spec)
-        warm, warm_seconds = (
-            ("–", 0.0) if isinstance(env, str) else _warm_start_state(spec, env, model)
-        )
-        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, warm, warm_seconds))
+        warm = ("–", 0.0, "") if isinstance(env, str) else _warm_start_state(spec, env, model)
+        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, *warm))
     return plans
 
 
-def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float]:
-    """Where a tiny model's warm start comes from, and roughly how long it takes to train."""
+def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float, str]:
+    """Where a tiny model's warm start comes from, roughly how long it takes to train, and its
+    checkpoint name."""
     from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dirname
-    from sdar_bench.warmstart import SHIPPED, find_warm_start
+    from sdar_bench.warmstart import SHIPPED, checkpoint_name, find_warm_start
 
     if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
-        return "–", 0.0
-    found = find_warm_start(spec, tiny_model_dirname(spec.model, spec.env))
+        return "–", 0.0, ""
+    model_dir = tiny_model_dirname(spec.model, spec.env)
+    name = checkpoint_name(spec, model_dir)
+    found = find_warm_start(spec, model_dir)
     if found is not None:
-        return ("shipped" if found.parent == SHIPPED else "cached"), 0.0
+        return ("shipped" if found.parent == SHIPPED else "cached"), 0.0, name
     ws = spec.warmstart
     tokens = ws.steps * ws.batch_size * _tokens_per_turn(spec, env)
-    return "to train", 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS
+    return "to train", 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS, name
 
 
 def _tokens_per_turn(spec: RunSpec, env: Env) -> float:

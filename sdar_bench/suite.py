@@ -15,7 +15,6 @@ twice. A run that crashes is recorded (``error.txt`` with the traceback) and the
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Callable
@@ -67,25 +66,15 @@ def _worker(spec_json: str, folder: str, threads: int) -> dict[str, Any]:
 
 def prepare_warm_starts(runs: list[RunSpec], console: Console) -> None:
     """Train (or find) every warm start the runs need, once each, before they start."""
-    from sdar_bench.policy.tiny import TINY_MODELS
+    from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dirname
     from sdar_bench.run import initial_policy
+    from sdar_bench.warmstart import checkpoint_name
 
     seen: set[str] = set()
     for spec in runs:
         if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
             continue
-        ws_seed = spec.seed if spec.warmstart.seed is None else spec.warmstart.seed
-        # the warm start's inputs, as in warmstart_key (which needs the built model's path)
-        key = json.dumps(
-            [
-                spec.model,
-                spec.env,
-                spec.env_params,
-                spec.warmstart.model_dump(exclude={"seed"}),
-                ws_seed,
-            ],
-            sort_keys=True,
-        )
+        key = checkpoint_name(spec, tiny_model_dirname(spec.model, spec.env))
         if key in seen:
             continue
         seen.add(key)

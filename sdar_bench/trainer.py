@@ -265,23 +265,15 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     teach = topk_ids = topk_logp = None
     topk = method.teacher_topk()
     if batch.teacher_ids is not None and state.teacher is not None:
-        if topk is None:
-            teach = score_in_chunks(
-                state.teacher,
-                batch.teacher_ids,
-                batch.response_ids,
-                pad,
-                spec.train.micro_batch_size,
-            )
-        else:  # [N, R], [N, R, K], [N, R, K]: the same pass keeps the teacher's top-k tokens
-            teach, topk_ids, topk_logp = score_topk_in_chunks(
-                state.teacher,
-                batch.teacher_ids,
-                batch.response_ids,
-                pad,
-                topk,
-                spec.train.micro_batch_size,
-            )
+        # [N, R], and [N, R, K] twice when the method asks for the teacher's top-k tokens
+        teach, topk_ids, topk_logp = score_topk_in_chunks(
+            state.teacher,
+            batch.teacher_ids,
+            batch.response_ids,
+            pad,
+            topk,
+            spec.train.micro_batch_size,
+        )
     elif topk is not None:
         raise ValueError(f"method {method.name!r} asks for the teacher's top-k but has no teacher")
     t2 = time.perf_counter()

@@ -35,6 +35,18 @@ from sdar_bench.trainer import setup, train_step
 VLLM_OPTIONS = PolicyOptions(rollout="vllm", device="cpu")
 
 
+# After a sleep: wake the weight memory, load the weights, wake the KV cache, drop stale prefix
+# cache entries, then sample (the documented RLHF order).
+WAKE_SYNC_GENERATE = [
+    "sleep(2)",
+    "wake_up(weights)",
+    "load",
+    "wake_up(kv_cache)",
+    "reset_prefix_cache",
+    "generate",
+]
+
+
 class FakeSamplingParams:
     def __init__(self, **kwargs: Any) -> None:
         self.__dict__.update(kwargs)
@@ -149,26 +161,12 @@ def test_vllm_backend_plumbing_with_a_fake_engine_no_gpu(fake_vllm) -> None:
     backend.sync_weights()
     assert _equal_weights(engine.loaded, policy.model)
     backend.generate(prompts, 4, 1.0, generator_seed=12)
-    assert engine.calls == [
-        "sleep(2)",
-        "wake_up(weights)",
-        "load",
-        "wake_up(kv_cache)",
-        "reset_prefix_cache",
-        "generate",
-    ]
+    assert engine.calls == WAKE_SYNC_GENERATE
     # A step whose updates were all skipped never syncs: the next rollout reloads the weights.
     engine.calls.clear()
     backend.sleep()
     backend.generate(prompts, 4, 1.0, generator_seed=13)
-    assert engine.calls == [
-        "sleep(2)",
-        "wake_up(weights)",
-        "load",
-        "wake_up(kv_cache)",
-        "reset_prefix_cache",
-        "generate",
-    ]
+    assert engine.calls == WAKE_SYNC_GENERATE
 
 
 def test_vllm_backend_without_sleep_keeps_its_memory_with_a_fake_engine_no_gpu(fake_vllm) -> None:

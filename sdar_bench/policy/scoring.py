@@ -210,7 +210,6 @@ def response_logprobs(
     return scores.logp, scores.entropy, scores.mask
 
 
-@torch.no_grad()
 def score_in_chunks(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -219,16 +218,7 @@ def score_in_chunks(
     chunk: int = 64,
 ) -> torch.Tensor:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R."""
-    R = max(max((len(r) for r in responses), default=0), 1)
-    out = torch.zeros(len(prompts), R)
-    order = by_prompt(prompts)
-    for start in range(0, len(prompts), chunk):
-        rows = order[start : start + chunk]
-        logp, _, _ = response_logprobs(
-            model, [prompts[i] for i in rows], [responses[i] for i in rows], pad_id
-        )
-        out[rows] = F.pad(logp, (0, R - logp.shape[1]))
-    return out
+    return score_topk_in_chunks(model, prompts, responses, pad_id, None, chunk)[0]
 
 
 @torch.no_grad()
@@ -237,36 +227,35 @@ def score_topk_in_chunks(
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     pad_id: int,
-    topk: int,
+    topk: int | None,
     chunk: int = 64,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``score_in_chunks`` that also keeps, per response token, the ``topk`` most likely tokens:
-    ``logp`` [B, R], ``topk_ids`` [B, R, K] long, ``topk_logp`` [B, R, K], K = min(topk, |V|).
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R, and
+    when ``topk`` is set, per response token the ``topk`` most likely tokens: ``topk_ids``
+    [B, R, K] long and ``topk_logp`` [B, R, K], K = min(topk, |V|) (None otherwise).
 
-    Memory: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on padding.
+    Memory of the top-k: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on
+    padding.
     """
     R = max(max((len(r) for r in responses), default=0), 1)
     logp_out = torch.zeros(len(prompts), R)
-    ids_out: torch.Tensor | None = None
-    topk_out: torch.Tensor | None = None
+    ids_out = topk_out = None
+    if topk is not None:
+        k = min(topk, model.config.vocab_size)
+        ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
+        topk_out = torch.zeros(len(prompts), R, k)
     order = by_prompt(prompts)
     for start in range(0, len(prompts), chunk):
         rows = order[start : start + chunk]
         s = score_responses(
             model, [prompts[i] for i in rows], [responses[i] for i in rows], pad_id, topk=topk
         )
-        assert s.topk_ids is not None and s.topk_logp is not None
-        if ids_out is None or topk_out is None:
-            k = s.topk_ids.shape[-1]
-            ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
-            topk_out = torch.zeros(len(prompts), R, k)
         pad = R - s.logp.shape[1]
         logp_out[rows] = F.pad(s.logp, (0, pad))
-        ids_out[rows] = F.pad(s.topk_ids, (0, 0, 0, pad))
-        topk_out[rows] = F.pad(s.topk_logp, (0, 0, 0, pad))
-    if ids_out is None or topk_out is None:  # no rows
-        k = min(topk, model.config.vocab_size)
-        ids_out, topk_out = torch.zeros(0, R, k, dtype=torch.long), torch.zeros(0, R, k)
+        if ids_out is not None and topk_out is not None:
+            assert s.topk_ids is not None and s.topk_logp is not None
+            ids_out[rows] = F.pad(s.topk_ids, (0, 0, 0, pad))
+            topk_out[rows] = F.pad(s.topk_logp, (0, 0, 0, pad))
     return logp_out, ids_out, topk_out
 
 
