@@ -173,7 +173,18 @@ def test_plan_says_where_each_warm_start_comes_from(tmp_path, monkeypatch) -> No
     shipped = plan_suite(load_suite(root / "suites" / "quickstart.yaml"), tmp_path)
     assert {p.warmstart for p in shipped} == {"shipped"}
 
-    suite = load_suite(root / "suites" / "three_envs.yaml")
+    assert {
+        p.warmstart for p in plan_suite(load_suite(root / "suites" / "three_envs.yaml"), tmp_path)
+    } == {"shipped"}
+
+    # shorter warm starts for WebShop and Search-QA: nothing ships for those settings
+    raw = yaml.safe_load((root / "suites" / "three_envs.yaml").read_text())
+    raw["overrides"] += [
+        {"when": {"env": env}, "warmstart": {"episodes": 1500, "steps": 600}}
+        for env in ("webshop", "searchqa")
+    ]
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(raw))
+    suite = load_suite(tmp_path / "short.yaml")
     plans = {p.spec.env: p for p in plan_suite(suite, tmp_path) if p.spec.method == "grpo"}
     assert plans["alfworld"].warmstart == "shipped"
     webshop = plans["webshop"]
@@ -188,8 +199,6 @@ def test_plan_says_where_each_warm_start_comes_from(tmp_path, monkeypatch) -> No
     again = {p.spec.env: p for p in plan_suite(suite, tmp_path) if p.spec.method == "grpo"}
     assert again["webshop"].warmstart == "cached" and again["searchqa"].warmstart == "to train"
 
-    out = CliRunner().invoke(
-        app, ["plan", str(root / "suites" / "three_envs.yaml"), "-o", str(tmp_path)]
-    )
+    out = CliRunner().invoke(app, ["plan", str(tmp_path / "short.yaml"), "-o", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert "1 warm start(s) to train first" in " ".join(out.output.split())
