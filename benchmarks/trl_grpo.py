@@ -38,16 +38,15 @@ import pstats
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import quickstart_spec, warm_policy
+from _common import RecordingBackend, quickstart_spec, warm_policy
 
 from sdar_bench.config import RunSpec
 from sdar_bench.envs import Env, make_env
 from sdar_bench.policy import Policy, load_policy
-from sdar_bench.policy.backend import RolloutBackend
 from sdar_bench.trainer import RunState, setup, train_step
 
 BETA = 0.01  # KL weight: our GRPO's c_kl default on ALFWorld, TRL's beta
@@ -67,34 +66,6 @@ class Stopwatch:
             return self.fn(*args, **kwargs)
         finally:
             self.seconds.append(time.perf_counter() - start)
-
-
-class RecordingBackend:
-    """Our rollout backend, unchanged, plus the time and response lengths of each call."""
-
-    def __init__(self, inner: RolloutBackend) -> None:
-        self.inner = inner
-        self.seconds: list[float] = []
-        self.lengths: list[int] = []
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        temperature: float,
-        generator_seed: int,
-    ) -> list[list[int]]:
-        start = time.perf_counter()
-        out = self.inner.generate(prompts, max_new_tokens, temperature, generator_seed)
-        self.seconds.append(time.perf_counter() - start)
-        self.lengths.extend(len(r) for r in out)
-        return out
-
-    def sync_weights(self) -> None:
-        self.inner.sync_weights()
-
-    def sleep(self) -> None:
-        self.inner.sleep()
 
 
 def breakdown(parts: list[dict[str, float]]) -> str:
@@ -221,8 +192,8 @@ def main() -> None:
             ours_times.append(time.perf_counter() - start)
             ours_parts.append(
                 {
-                    "generate": backend.seconds[-1],
-                    "rollout rest": metrics["time/rollout"] - backend.seconds[-1],
+                    "generate": backend.call_seconds[-1],
+                    "rollout rest": metrics["time/rollout"] - backend.call_seconds[-1],
                     "reference": metrics["time/teacher"],
                     "update": metrics["time/update"],
                 }
@@ -282,7 +253,7 @@ def main() -> None:
 
     ours = statistics.median(ours_times[1:])
     trl = statistics.median(trl_times[1:])
-    ours_len = statistics.mean(backend.lengths)
+    ours_len = statistics.mean(len(r) for r in backend.responses)
     trl_len = statistics.mean(trl_lengths) if trl_lengths else float("nan")
     print(
         f"workload: {args.tasks} prompts x G {args.group} = {args.tasks * args.group} "

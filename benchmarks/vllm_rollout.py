@@ -16,45 +16,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 
 from sdar_bench.policy.vllm_backend import vllm_problem
-
-
-class Recording:
-    """A backend, unchanged, plus every call's prompts, responses and engine log-probs."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.prompts: list[list[int]] = []
-        self.responses: list[list[int]] = []
-        self.logprobs: list[list[float]] = []
-        self.seconds = 0.0
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        temperature: float,
-        generator_seed: int,
-    ) -> list[list[int]]:
-        start = time.perf_counter()
-        out = self.inner.generate(prompts, max_new_tokens, temperature, generator_seed)
-        self.seconds += time.perf_counter() - start
-        self.prompts += [list(p) for p in prompts]
-        self.responses += out
-        self.logprobs += getattr(self.inner, "last_logprobs", [])
-        return out
-
-    def sync_weights(self) -> None:
-        self.inner.sync_weights()
-
-    def sleep(self) -> None:
-        self.inner.sleep()
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(r) for r in self.responses)
 
 
 def main() -> None:
@@ -68,7 +31,7 @@ def main() -> None:
         return
 
     import torch
-    from _common import quickstart_spec, warm_policy
+    from _common import RecordingBackend, quickstart_spec, warm_policy
 
     from sdar_bench.envs import make_env
     from sdar_bench.policy.backend import TransformersBackend
@@ -84,9 +47,9 @@ def main() -> None:
     tasks = env.train_tasks(0, 0, args.tasks)
     kwargs = dict(temperature=1.0, max_new_tokens=spec.train.max_new_tokens)
 
-    def timed_rollout(backend) -> Recording:
+    def timed_rollout(backend) -> RecordingBackend:
         collect(policy, backend, env, tasks[:1], 1, seed=1, **kwargs)  # warm-up, not timed
-        recording = Recording(backend)
+        recording = RecordingBackend(backend)
         collect(policy, recording, env, tasks, args.group, seed=0, **kwargs)
         return recording
 

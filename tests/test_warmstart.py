@@ -23,6 +23,11 @@ from sdar_bench.warmstart import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def suite_run(suite: str, env: str) -> RunSpec:
+    """The first run of ``suites/<suite>.yaml`` on ``env``."""
+    return next(s for s in load_suite(ROOT / "suites" / f"{suite}.yaml").expand() if s.env == env)
+
+
 def test_noise_free_samples_are_the_experts_turns_and_skill_share_is_respected(tiny_policy) -> None:
     env = make_env("alfworld", max_turns=20)
     with_skills = expert_samples(
@@ -82,7 +87,7 @@ def test_warm_start_trains_once_then_is_found_in_the_cache(tmp_path) -> None:
     ],
 )
 def test_the_suites_warm_starts_are_shipped_for_their_exact_settings(suite: str, env: str) -> None:
-    spec = next(s for s in load_suite(ROOT / "suites" / f"{suite}.yaml").expand() if s.env == env)
+    spec = suite_run(suite, env)
     name = checkpoint_name(spec, tiny_model_dirname(spec.model, spec.env))
     # If this fails, the suite's settings, the engine's vocabulary or the skill bank changed:
     # rebuild with `sdar-bench warmstart suites/<suite>.yaml --export` and commit the result.
@@ -100,9 +105,7 @@ def test_each_shipped_warm_start_solves_part_of_its_panel_greedily(
     from sdar_bench.policy.backend import make_backend
     from sdar_bench.rollout import collect
 
-    spec = next(
-        s for s in load_suite(ROOT / "suites" / "three_envs.yaml").expand() if s.env == env_name
-    )
+    spec = suite_run("three_envs", env_name)
     path = find_warm_start(spec, tiny_model_dirname(spec.model, spec.env))
     assert path is not None and path.parent == SHIPPED
     policy = load_policy(str(path), spec.train.max_prompt_tokens)
