@@ -59,7 +59,12 @@ class EvalSpec(Strict):
     every: int = Field(5, ge=1)
     """Evaluate before training and every this many steps (and after the last step)."""
     panel: int = Field(128, ge=1)
-    """Size of the fixed evaluation panel (the first N tasks of the eval split)."""
+    """Size of the fixed test panel (the first N tasks of the eval split): every reported number
+    is measured on it."""
+    valid_panel: int | None = Field(None, ge=0)
+    """Size of the validation panel (the first N tasks of the ``valid`` split, disjoint from the
+    test panel), evaluated alongside it; the best step is chosen on it and reported on the test
+    panel. None: as large as ``panel``; 0: no validation panel, so no best-step table."""
     temperature: float | None = Field(None, ge=0)
     """Sampling temperature; None takes the env's protocol (ALFWorld/WebShop 0.4, QA greedy)."""
 

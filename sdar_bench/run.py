@@ -25,6 +25,7 @@ import yaml
 
 from sdar_bench.checkpoint import CHECKPOINT_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from sdar_bench.config import RunSpec
+from sdar_bench.envs import ENVS
 from sdar_bench.jsonl import append_jsonl, read_jsonl, write_jsonl_atomic
 from sdar_bench.policy import Policy, load_policy
 from sdar_bench.policy.tiny import TINY_MODELS
@@ -34,6 +35,7 @@ from sdar_bench.warmstart import warm_start
 
 Callback = Callable[[str, dict[str, Any]], None]
 RESULT_FILE = "result.json"
+EPISODES_FILE = "episodes.jsonl"  # per evaluation: every episode's task and outcome
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
@@ -116,13 +118,17 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
         warm["resumed_from_step"] = first_step
     metrics_rows = _keep_rows(run_dir / "metrics.jsonl", first_step)
     evals = _keep_rows(run_dir / "eval.jsonl", first_step)
-    write_json_atomic(
-        run_dir / "manifest.json", manifest(spec, state.env.panel_hash(state.panel), warm)
-    )
+    _keep_rows(run_dir / EPISODES_FILE, first_step)
+    hashes = {name: state.env.panel_hash(tasks) for name, tasks in state.panels.items()}
+    warm["panel_hashes"] = hashes
+    write_json_atomic(run_dir / "manifest.json", manifest(spec, hashes["test"], warm))
     callback("start", {"run_id": spec.run_id, "steps": spec.train.steps, "from": first_step})
 
     def run_eval(step: int) -> None:
-        for row in evaluate(state, step):
+        rows, records = evaluate(state, step)
+        for record in records:
+            append_jsonl(run_dir / EPISODES_FILE, record)
+        for row in rows:
             append_jsonl(run_dir / "eval.jsonl", row)
             evals.append(row)
             callback("eval", row)
@@ -152,7 +158,7 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
     except RunFailed as exc:
         status, reason = "failed", str(exc)
 
-    result = summarize(evals)
+    result = summarize(evals, ENVS[spec.env].table_columns()[-1])
     result.update(
         {
             "run_id": spec.run_id,
@@ -199,11 +205,27 @@ def _keep_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(evals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best evaluation per skill mode; best = highest ``success/all``, earliest on ties."""
-    out: dict[str, Any] = {"final": {}, "best": {}}
-    for label in dict.fromkeys(row["label"] for row in evals):
-        rows = [r for r in evals if r["label"] == label]
+def summarize(evals: list[dict[str, Any]], select_on: str = "success/all") -> dict[str, Any]:
+    """Final and best evaluation of the test panel per skill mode.
+
+    The best step is the one with the highest ``select_on`` (the env's headline metric) on the
+    validation panel, earliest on ties, and its test-panel row is what is reported: choosing on
+    the reported panel would bias the best step upwards. Runs without a validation panel (or
+    written before it existed) have no best step; ``selection`` says which panel chose it.
+    """
+    out: dict[str, Any] = {"final": {}, "best": {}, "selection": "valid"}
+    test = [r for r in evals if r.get("panel", "test") == "test"]
+    for label in dict.fromkeys(row["label"] for row in test):
+        rows = [r for r in test if r["label"] == label]
         out["final"][label] = rows[-1]
-        out["best"][label] = max(rows, key=lambda r: (r.get("success/all", -math.inf), -r["step"]))
+        valid = {r["step"]: r for r in evals if r.get("panel") == "valid" and r["label"] == label}
+        chosen = [r for r in rows if r["step"] in valid]
+        if chosen:
+            best = max(
+                chosen, key=lambda r: (valid[r["step"]].get(select_on, -math.inf), -r["step"])
+            )
+            out["best"][label] = {
+                **best,
+                "selected_on": {"panel": "valid", select_on: valid[best["step"]].get(select_on)},
+            }
     return out

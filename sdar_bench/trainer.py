@@ -104,7 +104,9 @@ class RunState:
     reference: torch.nn.Module | None
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer | None
-    panel: list[Task]
+    panels: dict[
+        str, list[Task]
+    ]  # "test" (reported) and "valid" (selection), see evaluation_panels
     train_skills: SkillRetriever | None  # skills in the student prompt (Skill-GRPO)
     teacher_skills: SkillRetriever | None  # skills in the teacher prompt
     eval_skills: SkillRetriever
@@ -150,48 +152,98 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
         reference=reference,
         teacher=teacher,
         optimizer=optimizer,
-        panel=env.panel(spec.eval.panel),
+        panels=evaluation_panels(env, spec),
         train_skills=skills if method.student_sees_skills else None,
         teacher_skills=skills if method.needs_teacher else None,
         eval_skills=SkillRetriever(env.name, retrieval, spec.seed),
     )
 
 
-def evaluate(state: RunState, step: int) -> list[dict[str, Any]]:
-    """Play the fixed panel once per skill mode of the method; one result row per mode."""
+VALID_SPLIT = "valid"  # the validation panel's split: task addresses disjoint from the test panel
+
+
+def evaluation_panels(env: Env, spec: RunSpec) -> dict[str, list[Task]]:
+    """The fixed panels a run evaluates: ``test`` (reported) and, unless its size is 0,
+    ``valid`` (where the best step is chosen: selecting on the reported panel biases it up)."""
+    panels = {"test": env.panel(spec.eval.panel)}
+    size = spec.eval.panel if spec.eval.valid_panel is None else spec.eval.valid_panel
+    if size:
+        panels["valid"] = env.panel(size, split=VALID_SPLIT)
+        shared = {env.task_identity(t) for t in panels["test"]} & {
+            env.task_identity(t) for t in panels["valid"]
+        }
+        if shared:
+            raise ValueError(
+                f"eval.valid_panel: {len(shared)} of its tasks are also on the test panel (the "
+                "env has too few evaluation tasks); lower eval.panel + eval.valid_panel"
+            )
+    return panels
+
+
+def episode_record(
+    step: int, label: str, panel: str, with_skills: bool, episodes: Sequence[Episode]
+) -> dict[str, Any]:
+    """One evaluation's episodes as columns (one line of ``episodes.jsonl``): the per-task
+    outcomes that paired comparisons resample. ``source`` is the task's data source where the
+    env has one (Search-QA), else its type."""
+    return {
+        "step": step,
+        "label": label,
+        "panel": panel,
+        "with_skills": with_skills,
+        "task": [e.task.id for e in episodes],
+        "type": [e.task.task_type for e in episodes],
+        "source": [str(e.task.extra.get("data_source", e.task.task_type)) for e in episodes],
+        "success": [int(e.won) for e in episodes],
+        "score": [round(e.score, 6) for e in episodes],
+        "turns": [len(e.turns) for e in episodes],
+        "invalid": [sum(t.action is None for t in e.turns) for e in episodes],
+    }
+
+
+def evaluate(state: RunState, step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Play each fixed panel once per skill mode of the method.
+
+    Returns one summary row per (panel, mode) for ``eval.jsonl`` and the matching per-episode
+    records for ``episodes.jsonl``.
+    """
     spec, env = state.spec, state.env
     temperature = env.eval_temperature if spec.eval.temperature is None else spec.eval.temperature
-    rows = []
-    for with_skills in state.method.eval_skill_modes:
-        start = time.perf_counter()
-        episodes = collect(
-            state.policy,
-            state.backend,
-            env,
-            state.panel,
-            1,
-            temperature=temperature,
-            max_new_tokens=spec.train.max_new_tokens,
-            # The same sampling noise at every evaluation: differences come from the weights.
-            seed=spec.seed + 7_919,
-            skills=state.eval_skills if with_skills else None,
-        )
-        row: dict[str, Any] = {
-            "step": step,
-            "with_skills": with_skills,
-            "label": state.method.row_label(with_skills),
-            "panel_hash": env.panel_hash(state.panel),
-            "panel_size": len(state.panel),
-            "temperature": temperature,
-        }
-        row.update(env.metrics([(e.task, e.score) for e in episodes]))
-        row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
-        turns = [t for e in episodes for t in e.turns]
-        row["turns/mean"] = len(turns) / len(episodes)
-        row["invalid/ratio"] = sum(t.action is None for t in turns) / max(len(turns), 1)
-        row["time/eval"] = time.perf_counter() - start
-        rows.append(row)
-    return rows
+    rows, records = [], []
+    for panel, tasks in state.panels.items():
+        for with_skills in state.method.eval_skill_modes:
+            start = time.perf_counter()
+            episodes = collect(
+                state.policy,
+                state.backend,
+                env,
+                tasks,
+                1,
+                temperature=temperature,
+                max_new_tokens=spec.train.max_new_tokens,
+                # The same sampling noise at every evaluation: differences come from the weights.
+                seed=spec.seed + 7_919,
+                skills=state.eval_skills if with_skills else None,
+            )
+            label = state.method.row_label(with_skills)
+            row: dict[str, Any] = {
+                "step": step,
+                "panel": panel,
+                "with_skills": with_skills,
+                "label": label,
+                "panel_hash": env.panel_hash(tasks),
+                "panel_size": len(tasks),
+                "temperature": temperature,
+            }
+            row.update(env.metrics([(e.task, e.score) for e in episodes]))
+            row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
+            turns = [t for e in episodes for t in e.turns]
+            row["turns/mean"] = len(turns) / len(episodes)
+            row["invalid/ratio"] = sum(t.action is None for t in turns) / max(len(turns), 1)
+            row["time/eval"] = time.perf_counter() - start
+            rows.append(row)
+            records.append(episode_record(step, label, panel, with_skills, episodes))
+    return rows, records
 
 
 def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
@@ -240,7 +292,9 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
             retriever.feedback(episode.task, float(episode.won))
     t1 = time.perf_counter()
 
-    pad = policy.pad_id
+    pad, chunk = policy.pad_id, spec.train.micro_batch_size
+    # Every log-prob is of the distribution the rollout sampled from (softmax(logits / T)).
+    temperature = spec.train.temperature
     # With one epoch and one mini-batch the update's own forward pass sees the rollout weights,
     # so old = sg(logp) exactly and a separate scoring pass would be wasted work. Methods that
     # reshape advantages from log-probs (RLSD) need old before the update and always get it.
@@ -252,12 +306,12 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     old = None
     if not single_pass:
         old = score_in_chunks(
-            policy.model, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+            policy.model, batch.prompt_ids, batch.response_ids, pad, chunk, temperature
         )
     _, _, mask = _layout(batch)
     ref = (
         score_in_chunks(
-            state.reference, batch.prompt_ids, batch.response_ids, pad, spec.train.micro_batch_size
+            state.reference, batch.prompt_ids, batch.response_ids, pad, chunk, temperature
         )
         if state.reference is not None
         else None
@@ -272,7 +326,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
             batch.response_ids,
             pad,
             topk,
-            spec.train.micro_batch_size,
+            chunk,
+            temperature,
         )
     elif topk is not None:
         raise ValueError(f"method {method.name!r} asks for the teacher's top-k but has no teacher")
@@ -367,6 +422,7 @@ def _update(
                     policy.pad_id,
                     with_entropy=True,
                     at_ids=micro.teacher_topk_ids,  # [b, R, K] or None
+                    temperature=spec.train.temperature,
                 )
                 assert scores.entropy is not None
                 pad_to = R - scores.logp.shape[1]

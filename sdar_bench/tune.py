@@ -3,7 +3,8 @@
 A **trial** is the suite's runs (models × envs × seeds) of the tuned method with the sampled
 parameters, each executed by :func:`sdar_bench.run.execute_run` into
 ``<results>/tune/trial_<n>/<run_id>/``; its value is the objective metric (final or best
-evaluation, as in the report table) averaged over those runs.
+evaluation) on the **validation panel**, averaged over those runs: parameters chosen on the test
+panel would make the report's test-panel numbers look better than they are.
 
 **Pruning.** Every evaluation of a run gives the trial an intermediate value: the mean over the
 runs evaluated so far of the metric at that step (for ``which: best``, at the best evaluation up
@@ -53,7 +54,6 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from sdar_bench.config import SuiteSpec
-from sdar_bench.run import summarize
 from sdar_bench.tracking import RunTracker, SuiteTracker
 from sdar_bench.tune_spec import ObjectiveSpec, PrunerSpec, SamplerSpec, TuneSpec, tuned_method
 
@@ -338,12 +338,16 @@ class Curves:
     label: str
     steps: int
     """train.steps of every run: it spaces the runs' intermediate steps apart."""
+    panel: str = "valid"
+    """The panel the objective reads: the validation panel, so that the parameters a study
+    picks are never chosen on the test panel the report shows ("test" only when the suite
+    turned the validation panel off)."""
     rows: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def add(self, run: int, row: Mapping[str, Any]) -> tuple[int, float] | None:
         """Record an eval row of run ``run``; its (intermediate step, value), or None if the
         row is another evaluation mode."""
-        if row.get("label") != self.label:
+        if row.get("label") != self.label or row.get("panel", "test") != self.panel:
             return None
         if self.objective.metric not in row:
             have = ", ".join(k for k, v in row.items() if isinstance(v, int | float))
@@ -359,10 +363,13 @@ class Curves:
         return run * (self.steps + 1) + step, sum(values) / len(values)
 
     def _at(self, rows: list[dict[str, Any]], step: int) -> float:
-        # summarize() is what result.json uses, so the last intermediate value of a run equals
-        # its contribution to the trial's value
+        """The run's value up to ``step``: its last evaluation, or its best one (the highest,
+        or lowest when minimising, value of the metric)."""
         upto = [r for r in rows if r["step"] <= step] or rows[:1]
-        return float(summarize(upto)[self.objective.which][self.label][self.objective.metric])
+        values = [float(r[self.objective.metric]) for r in upto]
+        if self.objective.which == "final":
+            return values[-1]
+        return max(values) if self.objective.direction == "maximize" else min(values)
 
 
 def report(trial: optuna.Trial, position: int, value: float) -> None:
@@ -415,7 +422,10 @@ class Objective:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         self._say(f"[bold]trial {trial.number}[/] ({shown}): {len(runs)} runs")
         trial.set_user_attr("dir", str(folder))
-        curves = Curves(tune.objective, objective_label(self.suite), self.suite.train.steps)
+        panel = "test" if self.suite.eval.valid_panel == 0 else "valid"
+        curves = Curves(
+            tune.objective, objective_label(self.suite), self.suite.train.steps, panel=panel
+        )
         tags = {"optuna.study": self.study_name, "optuna.trial": trial.number}
         with self.tracker.run(
             f"trial_{trial.number}", {**params, "trial": trial.number}

@@ -94,7 +94,29 @@ def test_two_step_run_of_every_method_logs_finite_metrics(method: str, tmp_path)
         json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()
     ]
     expected_steps = [0, 2] if cls.trains else [0]
-    assert sorted(e["step"] for e in evals) == sorted(expected_steps * len(labels))
+    for panel in ("test", "valid"):  # the validation panel is evaluated alongside the test panel
+        steps = [e["step"] for e in evals if e["panel"] == panel]
+        assert sorted(steps) == sorted(expected_steps * len(labels))
+    # every evaluation row has its per-episode record, and the two agree
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == len(evals)
+    for row, record in zip(evals, records, strict=True):
+        assert (record["step"], record["label"], record["panel"]) == (
+            row["step"], row["label"], row["panel"],
+        )  # fmt: skip
+        assert len(record["task"]) == row["panel_size"] == 3
+        assert 100 * sum(record["success"]) / 3 == pytest.approx(row["success/all"])
+        assert record["turns"] and all(1 <= t <= 3 for t in record["turns"])
+    test_ids = {t for r in records if r["panel"] == "test" for t in r["task"]}
+    valid_ids = {t for r in records if r["panel"] == "valid" for t in r["task"]}
+    assert test_ids == {f"alfworld/eval/{i}" for i in range(3)}
+    assert valid_ids == {f"alfworld/valid/{i}" for i in range(3)}
+    assert result["selection"] == "valid"
+    for label in labels:  # the best step's row is a test-panel row, chosen on the valid panel
+        assert result["best"][label]["panel"] == "test"
+        assert result["best"][label]["selected_on"]["panel"] == "valid"
     if not cls.trains:
         assert not (tmp_path / "run" / "metrics.jsonl").exists()
         return

@@ -155,7 +155,10 @@ def test_the_pruner_stops_a_clearly_worse_trial_through_the_reporting_helper() -
         positions = []
         for run in range(runs):
             for step in range(steps + 1):
-                row = {"label": "SDAR", "step": step, "success/all": level * step / steps}
+                row = {
+                    "label": "SDAR", "panel": "valid", "step": step,
+                    "success/all": level * step / steps,
+                }  # fmt: skip
                 position, value = curves.add(run, row)
                 positions.append(position)
                 report(trial, position, value)
@@ -179,12 +182,20 @@ def test_the_pruner_stops_a_clearly_worse_trial_through_the_reporting_helper() -
 def test_curves_average_the_runs_available_at_each_step() -> None:
     curves = Curves(ObjectiveSpec(which="best"), "SDAR", steps=2)
     rows = [(0, 0, 10.0), (0, 1, 30.0), (0, 2, 20.0), (1, 0, 0.0), (1, 1, 10.0), (1, 2, 50.0)]
-    got = [curves.add(run, {"label": "SDAR", "step": s, "success/all": v}) for run, s, v in rows]
+    got = [
+        curves.add(run, {"label": "SDAR", "panel": "valid", "step": s, "success/all": v})
+        for run, s, v in rows
+    ]
     # best so far per run; run 1's step s is averaged with run 0's step s
     assert got == [(0, 10.0), (1, 30.0), (2, 30.0), (3, 5.0), (4, 20.0), (5, 40.0)]
-    assert curves.add(0, {"label": "SDAR*", "step": 2, "success/all": 1.0}) is None
+    assert (
+        curves.add(0, {"label": "SDAR*", "panel": "valid", "step": 2, "success/all": 1.0}) is None
+    )
+    # the test panel never feeds the objective: parameters are chosen on the validation panel
+    assert curves.add(0, {"label": "SDAR", "panel": "test", "step": 2, "success/all": 99.0}) is None
+    assert curves.add(0, {"label": "SDAR", "step": 2, "success/all": 99.0}) is None  # old rows
     with pytest.raises(TuneError, match="'success/all' is not in the evaluation rows"):
-        curves.add(0, {"label": "SDAR", "step": 2, "success/al": 1.0})
+        curves.add(0, {"label": "SDAR", "panel": "valid", "step": 2, "success/al": 1.0})
 
 
 # --------------------------------------------------------------------------- real studies

@@ -102,6 +102,12 @@ class Env(ABC):
         """The fixed evaluation panel: the first ``size`` tasks of ``split``."""
         return [self.task(split, i) for i in range(size)]
 
+    def task_identity(self, task: Task) -> str:
+        """What makes two tasks the same task: their address for generated tasks; real
+        adapters, whose splits can map onto one data file, name the game or question itself.
+        The validation and test panels must share none."""
+        return task.id
+
     def train_tasks(self, seed: int, step: int, count: int) -> list[Task]:
         """The tasks of one training step: a seed-dependent window of the train split."""
         offset = task_seed(self.name, "train-offset", seed) % 1_000_000

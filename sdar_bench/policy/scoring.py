@@ -146,10 +146,14 @@ def score_responses(
     with_entropy: bool = False,
     topk: int | None = None,
     at_ids: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> ResponseScores:
     """Log-probs of the responses and, on request, per response token: the entropy, the ``topk``
     most likely tokens with their log-probs (``K = min(topk, |V|)``), and the log-probs at given
     token ids ``at_ids`` [B, R', K] (R' ≥ the longest response here; columns past it are ignored).
+
+    Everything is of the distribution the rollout sampled from, softmax(logits / temperature):
+    at T ≠ 1 the plain softmax would give PPO ratios and KL terms of another policy.
 
     One forward pass whichever is asked for; the [B, R, V] log-softmax stays on the model's
     device and only [B, R] / [B, R, K] results come back to the CPU.
@@ -170,7 +174,7 @@ def score_responses(
         )
         logits = out.logits[:, :-1]  # [B, R, V]: position P-1+t predicts response token t
         targets = input_ids[:, -R:]  # [B, R]
-    logits = logits.float()
+    logits = logits.float() / temperature
     logprobs_all = F.log_softmax(logits, dim=-1)  # [B, R, V]
     targets = targets.to(logits.device)
     mask = mask.to(logits.device)
@@ -216,9 +220,10 @@ def score_in_chunks(
     responses: Sequence[Sequence[int]],
     pad_id: int,
     chunk: int = 64,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R."""
-    return score_topk_in_chunks(model, prompts, responses, pad_id, None, chunk)[0]
+    return score_topk_in_chunks(model, prompts, responses, pad_id, None, chunk, temperature)[0]
 
 
 @torch.no_grad()
@@ -229,6 +234,7 @@ def score_topk_in_chunks(
     pad_id: int,
     topk: int | None,
     chunk: int = 64,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R, and
     when ``topk`` is set, per response token the ``topk`` most likely tokens: ``topk_ids``
@@ -248,7 +254,12 @@ def score_topk_in_chunks(
     for start in range(0, len(prompts), chunk):
         rows = order[start : start + chunk]
         s = score_responses(
-            model, [prompts[i] for i in rows], [responses[i] for i in rows], pad_id, topk=topk
+            model,
+            [prompts[i] for i in rows],
+            [responses[i] for i in rows],
+            pad_id,
+            topk=topk,
+            temperature=temperature,
         )
         pad = R - s.logp.shape[1]
         logp_out[rows] = F.pad(s.logp, (0, pad))

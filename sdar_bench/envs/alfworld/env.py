@@ -114,6 +114,10 @@ class AlfworldEnv(Env):
             self.real = RealAlfworld(self.params)
 
     # ---- tasks ---------------------------------------------------------------------------
+    def task_identity(self, task: Task) -> str:
+        """ALFWorld's game file for real games (two harness splits play one ALFWorld split)."""
+        return str(task.extra["game"]) if self.real is not None else task.id
+
     def task(self, split: str, index: int) -> Task:
         if self.real is not None:
             return self.real.task(self.name, split, index)

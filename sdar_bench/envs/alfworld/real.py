@@ -54,6 +54,7 @@ FOLDER_TASK_TYPES: dict[str, str] = {
     "pick_cool_then_place_in_recep": "cool",
     "pick_two_obj_and_place": "pick2",
 }
+VALID_SPLIT = "valid"  # the harness's validation panel (trainer.VALID_SPLIT)
 # Harness splits that play ALFWorld's train games; every other harness split (the evaluation
 # panel's "eval") plays ``eval_split``.
 TRAIN_SPLITS = frozenset({"train", "warmstart"})
@@ -241,7 +242,9 @@ class RealAlfworld:
                 f"alfworld engine real: task {index} of split {split!r} is past the "
                 f"{len(games)} games of {self.alfworld_split(split)}; use a smaller eval panel"
             )
-        return games[index]
+        # The validation panel plays the same ALFWorld split from its far end, so it and the
+        # test panel (from the front) share no game until they cover the split together.
+        return games[len(games) - 1 - index] if split == VALID_SPLIT else games[index]
 
     def task(self, name: str, split: str, index: int) -> Task:
         record = self.record(split, index)

@@ -237,9 +237,15 @@ class SearchQAEnv(Env):
         }
         return Task(self.name, split, index, question.task_type, question.text, seed, extra)
 
+    def task_identity(self, task: Task) -> str:
+        """The question itself for real data (two harness splits read one QA file)."""
+        return task.id if self.offline else f"{task.extra['data_source']}|{task.goal}"
+
     def _real_task(self, split: str, index: int, seed: int) -> Task:
         items = self._questions["eval" if split in EVAL_SPLITS else "train"]
-        item = items[index % len(items)]
+        # The validation panel reads the evaluation questions from the far end, so it shares
+        # none with the test panel (read from the front) until they cover the file together.
+        item = items[-1 - index % len(items)] if split == "valid" else items[index % len(items)]
         task_type = SOURCE_TYPE.get(item.data_source, "direct_lookup")
         extra = {
             "data_source": item.data_source,

@@ -154,8 +154,19 @@ class WebshopEnv(Env):
         if n <= REAL_TRAIN_START:
             return index % n
         order = self._real_order
-        part = order[:REAL_TEST] if split in EVAL_SPLITS else order[REAL_TRAIN_START:]
+        if split == "valid":  # WebShop's own validation goals: disjoint from its test goals
+            part = order[REAL_TEST:REAL_TRAIN_START]
+        elif split in EVAL_SPLITS:
+            part = order[:REAL_TEST]
+        else:
+            part = order[REAL_TRAIN_START:]
         return part[index % len(part)]
+
+    def task_identity(self, task: Task) -> str:
+        """The goal's position in WebShop's goal list for real goals (splits may share it)."""
+        if self.goals is None:
+            return task.id
+        return f"goal/{self._real_goal_index(task.split, task.index)}"
 
     def task(self, split: str, index: int) -> Task:
         goal = self.goal(split, index)
