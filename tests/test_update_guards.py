@@ -91,7 +91,9 @@ def test_score_responses_uses_the_sampling_temperature() -> None:
     with torch.no_grad():
         logits = policy.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]  # [R, V]
     for temperature in (1.0, 0.5, 2.0):
-        expected = F.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None])
+        expected = F.log_softmax(logits / temperature, -1).gather(
+            -1, torch.tensor(response)[:, None]
+        )
         with torch.no_grad():
             got = score_responses(
                 policy.model, [prompt], [response], policy.pad_id, temperature=temperature
@@ -99,7 +101,9 @@ def test_score_responses_uses_the_sampling_temperature() -> None:
         assert got.tolist() == pytest.approx(expected[:, 0].tolist(), abs=1e-5)
     # and the values differ by temperature: a scorer that ignored T would fail above
     plain = score_responses(policy.model, [prompt], [response], policy.pad_id).logp[0]
-    hot = score_responses(policy.model, [prompt], [response], policy.pad_id, temperature=2.0).logp[0]
+    hot = score_responses(policy.model, [prompt], [response], policy.pad_id, temperature=2.0).logp[
+        0
+    ]
     assert (plain - hot).abs().max() > 1e-3
 
 
