@@ -63,7 +63,7 @@ def load_eval_curves(results_dir: Path) -> pd.DataFrame:
         env = run.spec["env"]
         headline = headline_metric(env)
         for row in read_jsonl(run.path / "eval.jsonl"):
-            if headline in row:
+            if headline in row and row.get("panel", "test") == "test":  # what the table reports
                 records.append(
                     {
                         "model": run.spec["model"],
