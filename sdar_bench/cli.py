@@ -261,12 +261,23 @@ def report(
 
 def _print_report(results_dir: Path) -> None:
     from sdar_bench.report.plots import write_plots
-    from sdar_bench.report.table import WHICH, format_cell, write_report
+    from sdar_bench.report.results import ResultsError
+    from sdar_bench.report.table import format_delta, which_title, write_report
 
-    report = write_report(results_dir)
-    for record in report.failed:
-        reason = record.result.get("reason") or "no reason recorded"
-        console.print(f"[red]failed run[/] {record.run_id}: {reason}", highlight=False)
+    try:
+        report = write_report(results_dir)
+    except ResultsError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    for missing in report.folder.missing:
+        console.print(f"[red]missing run[/] {escape(missing.line())}", highlight=False)
+    for problem in report.folder.problems:
+        console.print(f"[yellow]problem[/] {escape(problem)}", highlight=False)
+    if report.folder.stale:
+        console.print(
+            f"{len(report.folder.stale)} run folder(s) not in the current suite are left out "
+            "(listed in table.md)"
+        )
     for record, verdict in report.collapse:
         if verdict.flagged:
             console.print(
@@ -277,13 +288,21 @@ def _print_report(results_dir: Path) -> None:
         return
     for (env, which), frame in report.tables.items():
         columns = report.columns[env]
-        table = Table(title=f"{env}: evaluation panel, {WHICH[which]} (mean ± 95% CI over seeds)")
-        for head in ["model", "method", "seeds", *(c.split("/", 1)[-1] for c in columns)]:
+        table = Table(
+            title=f"{env}: test panel, {which_title(which, report.selection).lower()} "
+            "(mean [95% interval] over seeds; Δ paired by seed)"
+        )
+        for head in ["model", "method", "n", *(c.split("/", 1)[-1] for c in columns), "Δ vs GRPO"]:
             table.add_column(head, justify="left" if head in ("model", "method") else "right")
         for _, row in frame.iterrows():
+            delta = row["delta"]
+            shown = "ref" if row["label"] == "GRPO" else "–"
+            if delta is not None and not isinstance(delta, float):
+                shown = format_delta(delta)
+                shown = f"[bold]{shown}[/]" if delta.significant else shown
             table.add_row(
-                str(row["model"]), str(row["label"]), str(row["seeds"]),
-                *(format_cell(row.get(c)) for c in columns),
+                escape(str(row["model"])), escape(str(row["label"])), str(row["n"]),
+                *(row[c].text() for c in columns), shown,
             )  # fmt: skip
         console.print(table)
     for setting in report.teacher_quality:
@@ -424,6 +443,171 @@ def tune(
             f"run it: sdar-bench run {out / 'tune' / 'best_params.yaml'}",
             soft_wrap=True,
         )
+
+
+FORMATS = ("table", "json", "csv")
+
+
+def _results_folder(results_dir: Path) -> object:
+    """The folder's runs, or a one-line refusal (no runs/ here, mixed settings)."""
+    from sdar_bench.report.results import read_results
+
+    if not (results_dir / "runs").is_dir():
+        _fail(f"{results_dir}: no runs/ folder here; pass the directory `sdar-bench run` wrote")
+    return read_results(results_dir)
+
+
+def _emit(rows: list[dict[str, object]], fmt: str, title: str, columns: list[str]) -> None:
+    """Rows as a rich table, JSON (a list of objects) or CSV on stdout."""
+    import csv
+    import json
+    import sys
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(title=title)
+        for head in columns:
+            table.add_column(head, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(_shown_value(row.get(c))) for c in columns))
+        console.print(table)
+
+
+def _shown_value(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+@app.command()
+def compare(
+    results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
+    baseline: Annotated[
+        str, typer.Option(help="Method (grpo) or row label (GRPO) every other row is compared to.")
+    ] = "grpo",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Metric to compare (e.g. success/all, em/avg, score); default: each "
+            "env's headline metric (ALFWorld All, Search-QA Avg, WebShop Acc)."
+        ),
+    ] = None,
+    which: Annotated[
+        str | None,
+        typer.Option(help="final or best (chosen on the validation panel); default: both."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Paired comparisons of every method with the baseline: n, Δ, 95% interval, p, P(A > B).
+
+    Runs of two methods with the same seed (same warm start, panel and evaluation) are pairs, and the panel's tasks pair within them where per-episode records exist. The interval comes from a bootstrap over seeds (README, "Statistics"), the p-value from a paired sign-flip test over seeds, and P(A > B) is rliable's probability of improvement.
+    """
+    from sdar_bench.report.compare import JSON_KEYS, WHICH, compare_runs
+    from sdar_bench.report.results import ResultsError
+
+    if fmt not in FORMATS:
+        _fail(f"--format: unknown format {fmt!r} (choose {', '.join(FORMATS)})")
+    if which is not None and which not in WHICH:
+        _fail(f"--which: unknown value {which!r} (choose final or best)")
+    folder = _results_folder(results_dir)
+    try:
+        rows = compare_runs(folder, baseline, metric, (which,) if which else WHICH)  # type: ignore[arg-type]
+    except ResultsError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    if not rows:
+        _fail(
+            f"{results_dir}: nothing to compare (no finished run of a method beside the baseline "
+            f"{baseline!r}{f' with metric {metric!r}' if metric else ''}); see `sdar-bench report`"
+        )
+    records = [r.as_dict() for r in rows]
+    if fmt != "table":
+        keys = [*JSON_KEYS, "pairing", "n_tasks"]
+        _emit([{k: r[k] for k in keys} for r in records], fmt, "", keys)
+        return
+    # One table per (model, env): ids stay whole at 80 columns.
+    groups: dict[tuple[str, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.model, row.env), []).append(row)
+    for (model, env), members in groups.items():
+        table = Table(title=escape(f"{model} · {env}: Δ vs {members[0].baseline} (test panel)"))
+        for head in ("method", "metric", "which", "n", "Δ [95% CI]", "p", "P(A>B)", "paired"):
+            table.add_column(head, justify="left" if head in ("method", "metric") else "right")
+        for c in members:
+            interval = "" if c.ci_low != c.ci_low else f" [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
+            delta = f"{c.delta:+.1f}{interval}"
+            table.add_row(
+                escape(c.method), c.metric, c.which, str(c.n),
+                f"[bold]{delta}[/]" if c.significant else delta,
+                "–" if c.p_value != c.p_value else f"{c.p_value:.3f}",
+                f"{c.prob_improvement:.2f}", c.pairing,
+            )  # fmt: skip
+        console.print(table)
+    console.print(
+        "bold: the interval excludes 0. With n seeds the sign-flip p cannot fall below 2/2^n "
+        "(n = 5: 0.0625)."
+    )
+
+
+@app.command()
+def power(
+    results_dir: Annotated[Path, typer.Argument(help="A results directory to use as a pilot.")],
+    baseline: Annotated[str, typer.Option(help="Method or row label compared against.")] = "grpo",
+    metric: Annotated[
+        str | None, typer.Option(help="Metric; default: each env's headline metric.")
+    ] = None,
+    target: Annotated[
+        float, typer.Option(min=0.1, help="The difference (points) the suite should detect.")
+    ] = 3.0,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """How small a difference this folder's seeds × panel can detect, and what it would take.
+
+    From the pilot's paired per-task differences (final step, 2 or more seeds with per-episode records): the between-seed and within-seed (task) variance, the smallest |Δ| a paired test at α = 0.05 detects with 80% power, the seeds needed for --target points at this panel size, and the detectable |Δ| for other seeds × panel sizes.
+    """
+    from sdar_bench.report.compare import power_rows
+    from sdar_bench.report.results import ResultsError
+
+    if fmt not in FORMATS:
+        _fail(f"--format: unknown format {fmt!r} (choose {', '.join(FORMATS)})")
+    folder = _results_folder(results_dir)
+    try:
+        rows = power_rows(folder, baseline, metric, target)  # type: ignore[arg-type]
+    except ResultsError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    if not rows:
+        _fail(
+            f"{results_dir}: no comparison with per-episode records on 2 or more paired seeds; "
+            "a pilot needs runs written by this version with at least 2 seeds"
+        )
+    records = [r.as_dict() for r in rows]
+    columns = [
+        "model", "env", "method", "metric", "seeds", "tasks", "sd_between", "sd_within",
+        "eval_noise", "detectable", "seeds_for_target",
+    ]  # fmt: skip
+    if fmt != "table":
+        _emit(records, fmt, "", [*columns, "target", "grid"])
+        return
+    _emit(
+        records, fmt, f"{results_dir.name}: power (α 0.05, 80%), target {target:g} points", columns
+    )
+    for row in rows:
+        grid = Table(title=f"{row.env} {row.method} vs {row.baseline}: detectable |Δ| (points)")
+        grid.add_column("seeds \\ tasks")
+        sizes = sorted({int(k.split("×")[1]) for k in row.grid})
+        for size in sizes:
+            grid.add_column(str(size), justify="right")
+        for seeds in sorted({int(k.split("×")[0]) for k in row.grid}):
+            grid.add_row(str(seeds), *(f"{row.grid[f'{seeds}×{t}']:.1f}" for t in sizes))
+        console.print(grid)
 
 
 if __name__ == "__main__":

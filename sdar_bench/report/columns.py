@@ -83,5 +83,3 @@ def row_order_key(label: str) -> tuple[int, list[object]]:
     """Paper row order, a base label before its variants, variants in natural order."""
     base = label.split(" [")[0]
     return (ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER), _natural_key(label))
-
-

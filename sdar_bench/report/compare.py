@@ -166,7 +166,7 @@ def compare_runs(
 def _compare(a: _Side, b: _Side, which: str, metric: str, n_boot: int) -> tuple | None:
     xs, ys, pairing, n_tasks = paired_arrays(a, b, which, metric)
     if xs:
-        p = stats.compare_paired(xs, ys, n_boot=n_boot, bounds=METRIC_RANGE)
+        p = stats.compare_paired(xs, ys, n_boot=n_boot, bounds=value_bounds(xs + ys))
         return (
             p.n, p.delta, p.ci_low, p.ci_high, p.p_value, p.prob_improvement, pairing, n_tasks, None
         )  # fmt: skip
@@ -180,6 +180,13 @@ def _compare(a: _Side, b: _Side, which: str, metric: str, n_boot: int) -> tuple 
     low, high = max(delta - half, -span), min(delta + half, span)
     prob = stats.prob_improvement(np.array(x), np.array(y))
     return (len(x), delta, low, high, math.nan, prob, "unpaired", None, len(y))
+
+
+def value_bounds(values: Sequence[np.ndarray]) -> tuple[float, float]:
+    """The range the statistics may assume: 0–100, widened for the weighted per-task values of
+    an average over groups (``episode_values`` of ``em/avg``), whose mean stays within 0–100."""
+    top = max((float(v.max()) for v in values if len(v)), default=METRIC_RANGE[1])
+    return METRIC_RANGE[0], max(METRIC_RANGE[1], top)
 
 
 def welch(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -254,10 +261,20 @@ def power_rows(
             }
             out.append(
                 PowerRow(
-                    model, env, label, base, wanted, len(xs), tasks,
-                    math.sqrt(between), math.sqrt(within), noise,
+                    model,
+                    env,
+                    label,
+                    base,
+                    wanted,
+                    len(xs),
+                    tasks,
+                    math.sqrt(between),
+                    math.sqrt(within),
+                    noise,
                     stats.detectable_difference(between, within, len(xs), tasks),
-                    stats.seeds_needed(target, between, within, tasks), target, grid,
+                    stats.seeds_needed(target, between, within, tasks),
+                    target,
+                    grid,
                 )  # fmt: skip
             )
     return out

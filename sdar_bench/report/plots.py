@@ -28,14 +28,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sdar_bench.jsonl import read_jsonl
-from sdar_bench.report.table import (
+from sdar_bench.report.columns import (
     ENV_TITLES,
     env_columns,
     env_order,
-    finished_runs,
     headline_metric,
     row_order_key,
 )
+from sdar_bench.report.results import RunRecord, read_results
+
+
+def finished_runs(results_dir: Path) -> list[RunRecord]:
+    """The runs with a readable result (failed ones included), as the tables read them."""
+    return read_results(results_dir).runs
+
 
 # (metric in metrics.jsonl, panel title), in the order the stability figure shows them.
 STABILITY_METRICS: list[tuple[str, str]] = [

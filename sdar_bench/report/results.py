@@ -126,7 +126,9 @@ class RunRecord:
         """The test-panel evaluation row reported as ``which`` (final / best) for ``label``."""
         return self.result.get(which, {}).get(label)
 
-    def task_values(self, which: str, label: str, metric: str) -> tuple[list[str], np.ndarray] | None:
+    def task_values(
+        self, which: str, label: str, metric: str
+    ) -> tuple[list[str], np.ndarray] | None:
         """The task ids and per-task values [J] of ``metric`` at the reported evaluation, or
         None where no per-episode record covers it (or the metric has no per-task form)."""
         row = self.row(which, label)

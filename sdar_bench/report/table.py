@@ -42,10 +42,9 @@ from sdar_bench.report.columns import (
     Column,
     env_columns,
     env_order,
-    headline_metric,
     row_order_key,
 )
-from sdar_bench.report.compare import METRIC_RANGE, Comparison, compare_runs
+from sdar_bench.report.compare import METRIC_RANGE, Comparison, compare_runs, value_bounds
 from sdar_bench.report.results import ResultsFolder, RunRecord, check_settings, read_results
 
 WHICH = {"final": "final step", "best": "best step"}
@@ -110,9 +109,7 @@ class Cell:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def seed_values(
-    runs: list[RunRecord], which: str, label: str, metric: str
-) -> list[np.ndarray]:
+def seed_values(runs: list[RunRecord], which: str, label: str, metric: str) -> list[np.ndarray]:
     """Per seed, the per-task values of ``metric`` when every seed has them, else one number
     each (the cell's input to ``stats.mean_interval``)."""
     per_task = [run.task_values(which, label, metric) for run in runs]
@@ -129,7 +126,10 @@ def seed_values(
 def make_cell(values: list[np.ndarray]) -> Cell:
     if not values:
         return Cell(math.nan)
-    return Cell(*stats.mean_interval(values, bounds=METRIC_RANGE))
+    mean, low, high = stats.mean_interval(values, bounds=value_bounds(values))
+    if math.isnan(low):
+        return Cell(mean)
+    return Cell(mean, max(low, METRIC_RANGE[0]), min(high, METRIC_RANGE[1]))
 
 
 def format_delta(c: Comparison, digits: int = 1) -> str:
@@ -246,7 +246,9 @@ def _aggregates(runs: list[RunRecord], comparisons_base: str) -> list[Aggregate]
         if base is not None and label != comparisons_base:
             prob = stats.aggregate_prob_improvement(matrix, base)
         out.append(
-            Aggregate(model, label, matrix.shape[0], matrix.shape[1], stats.aggregate_iqm(matrix), prob)
+            Aggregate(
+                model, label, matrix.shape[0], matrix.shape[1], stats.aggregate_iqm(matrix), prob
+            )
         )
     return out
 
@@ -410,8 +412,7 @@ def missing_markdown(report: Report) -> str:
         lines += [
             "",
             f"{len(folder.stale)} run folder(s) are not in the suite this folder was last run "
-            "with (suite.json) and are left out: "
-            + ", ".join(f"`{s}`" for s in folder.stale),
+            "with (suite.json) and are left out: " + ", ".join(f"`{s}`" for s in folder.stale),
         ]
     for problem in folder.problems:
         lines += ["", f"Problem: {problem}"]
