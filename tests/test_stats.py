@@ -376,3 +376,15 @@ def test_seeds_needed_is_consistent_and_monotone() -> None:
             assert detectable_difference(vb, vw, n - 1, tasks) > delta
     assert seeds_needed(0.1, vb, vw, tasks) is None  # needs more than 1000 seeds
     assert seeds_needed(-13.0, vb, vw, tasks) == seeds_needed(13.0, vb, vw, tasks)
+
+
+def test_the_exact_standard_error_is_the_limit_of_the_drawn_bootstrap() -> None:
+    """Catches a closed form that drifted from the bootstrap it stands for: the ideal bootstrap
+    SE of a mean, with the n/(n−1) correction, is s/√n; 20,000 drawn replicates agree within
+    their Monte Carlo error (about 0.5% here)."""
+    from sdar_bench.report.stats import bootstrap_se
+
+    units = np.array([-1.0, -9.4, -1.0, -5.2, -6.3])
+    exact = float(units.std(ddof=1)) / np.sqrt(len(units))  # 1.61567
+    assert exact == pytest.approx(1.61567, abs=1e-5)
+    assert bootstrap_se(units, 20_000, seed=3) == pytest.approx(exact, rel=0.02)

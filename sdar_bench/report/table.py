@@ -68,6 +68,8 @@ def teacher_quality(spec: dict[str, Any]) -> str:
     ws = spec.get("warmstart") or {}
     if not ws.get("enabled", False) or not str(spec.get("model", "")).startswith("tiny-"):
         return "pretrained"
+    if not {"noise_with_skills", "noise_without_skills", "skill_share"} <= ws.keys():
+        return "warm start (its settings are not recorded)"
     return (
         f"warm start: {ws['noise_with_skills']:.0%} random actions with skills, "
         f"{ws['noise_without_skills']:.0%} without, skill share {ws['skill_share']:.0%}"
