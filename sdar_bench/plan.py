@@ -48,12 +48,18 @@ class RunPlan:
 
 
 def run_state(run_dir: Path, spec: RunSpec) -> str:
-    if (run_dir / "result.json").exists():
-        return "finished"
-    if (run_dir / "checkpoint.pt").exists():
-        import torch
+    """What ``run`` will do with this run folder; reads it only (damaged files stay put)."""
+    from sdar_bench.checkpoint import CHECKPOINT_FILE, checkpoint_step
+    from sdar_bench.run import RESULT_FILE, is_finished
 
-        step = torch.load(run_dir / "checkpoint.pt", weights_only=False, mmap=True)["step"]
+    if is_finished(run_dir):
+        return "finished"
+    if (run_dir / RESULT_FILE).exists():
+        return "to run (its result.json or manifest.json is damaged: redone)"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        step = checkpoint_step(run_dir)
+        if step is None:
+            return "to run (its checkpoint is damaged: restarts from step 0)"
         return f"resumes at step {step}/{spec.train.steps}"
     return "to run"
 
