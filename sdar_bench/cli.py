@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -81,7 +82,9 @@ def _lock_folder(stack: ExitStack, folder: Path, wait: bool, shared: bool = Fals
         _fail(str(exc))
 
 
-def _open_tracker(stack: ExitStack, tracker: SuiteTracker, uri: str | None) -> None:
+def _open_tracker(
+    stack: ExitStack, make: Callable[[], SuiteTracker], uri: str | None
+) -> SuiteTracker:
     """Open the suite's MLflow run; a store that cannot be opened stops here, in one line.
 
     Tracking was asked for, so the run refuses rather than train for hours untracked; the
@@ -90,7 +93,7 @@ def _open_tracker(stack: ExitStack, tracker: SuiteTracker, uri: str | None) -> N
     from sdar_bench.tracking import DEFAULT_DB
 
     try:
-        stack.enter_context(tracker)
+        return stack.enter_context(make())
     except Exception as exc:  # noqa: BLE001 - sqlite, alembic and HTTP errors all end here
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         fix = f"move {DEFAULT_DB} aside, " if uri and uri.startswith("sqlite:") else ""
@@ -98,6 +101,7 @@ def _open_tracker(stack: ExitStack, tracker: SuiteTracker, uri: str | None) -> N
             f"MLflow store {uri} cannot be opened ({detail}); {fix}pass another "
             "--tracking-uri, or --no-mlflow"
         )
+        raise  # unreachable: _fail exits
 
 
 def _load(suite_file: Path) -> SuiteSpec:
@@ -164,9 +168,10 @@ def run(
                 record_suite(suite, out)
             except FolderHoldsAnotherSuite as exc:
                 _fail(str(exc))
-            tracker = SuiteTracker(suite.name, out, uri=uri, suite_params=params, enabled=mlflow)
-            _open_tracker(stack, tracker, uri)
-            run_suite(
+            tracker = _open_tracker(
+                stack, lambda: SuiteTracker(suite.name, out, uri, params, enabled=mlflow), uri
+            )
+            outcomes = run_suite(
                 suite, out, console, workers=workers, executor=executor, address=address,
                 tracker=tracker,
             )  # fmt: skip
@@ -181,7 +186,7 @@ def run(
         console.print(
             f"MLflow: {tracker.uri} (experiment {suite.name}); browse: sdar-bench ui {out}"
         )
-    failed = unfinished_runs(suite, out)
+    failed = unfinished_runs(suite, out, outcomes)
     if failed:
         console.print(
             f"{len(failed)} of {len(suite.expand())} runs did not finish: "
@@ -235,10 +240,15 @@ def plan(
             if warm_starts
             else ""
         )
+        + (
+            f"; {len(blind)} runs whose data is missing are not counted"
+            if (blind := [p for p in left if not p.data_ok])
+            else ""
+        )
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:
-        console.print(f"[red]missing:[/] {problem}", highlight=False)
+        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
 

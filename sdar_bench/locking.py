@@ -53,7 +53,7 @@ class FolderInUse(LockBusy):
     def __str__(self) -> str:
         return (
             f"{self.path.parent} is in use by another sdar-bench process ({self.holder}); "
-            "wait for it or use another --results folder"
+            "wait for it (--wait) or use another --results folder"
         )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sdar_bench.checkpoint import CHECKPOINT_FILE
@@ -83,16 +84,20 @@ def record_suite(suite: SuiteSpec, results: Path) -> None:
     write_json_atomic(path, suite_record(suite))
 
 
-def unfinished(suite: SuiteSpec, results: Path) -> list[tuple[str, str]]:
-    """(run id, why) for every run of the suite that has not finished successfully."""
+def unfinished(
+    suite: SuiteSpec, results: Path, outcomes: list[dict[str, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """(run id, why) for every run of the suite that has not finished successfully; ``outcomes``
+    (of the runs just executed) give the reason of a crash."""
+    reasons = {o["run_id"]: f"{o.get('status')}: {o.get('reason')}" for o in outcomes or []}
     out = []
     for spec in suite.expand():
         folder = run_dir(results, spec)
         result = read_result(folder) if is_finished(folder) else None
         if result is None:
             error = folder / "error.txt"
-            why = "crashed (see its error.txt)" if error.exists() else "not finished"
-            out.append((spec.run_id, why))
+            why = "crashed, see its error.txt" if error.exists() else "not finished"
+            out.append((spec.run_id, reasons.get(spec.run_id, why)))
         elif result.get("status") != "finished":
             out.append((spec.run_id, f"{result.get('status')}: {result.get('reason')}"))
     return out
@@ -206,7 +211,10 @@ def _run_suite(
     for outcome in outcomes:
         if outcome.get("status") != "finished":
             console.print(
-                f"[red]{outcome.get('status')}[/]: {outcome['run_id']}: {outcome.get('reason')}"
+                f"[red]{outcome.get('status')}[/]: {outcome['run_id']}: "
+                f"{escape(str(outcome.get('reason')))}",
+                highlight=False,
+                soft_wrap=True,
             )
     return outcomes
 
