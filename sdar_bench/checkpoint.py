@@ -7,7 +7,10 @@ update randomness is seeded from (seed, step) on every step, so a run resumed fr
 the same machine logs the same numbers as one that never stopped (tested).
 
 The file is written to a temporary name and renamed, so a kill during the write leaves the
-previous checkpoint intact.
+previous checkpoint intact. It holds only tensors and plain containers, so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from the file. There is
+one checkpoint per run (the last one); a file that does not load is set aside as
+``checkpoint.pt.damaged`` and the run starts over, since no older checkpoint exists.
 """
 
 from __future__ import annotations
@@ -39,18 +42,74 @@ def save_checkpoint(state: RunState, step: int, run_dir: Path) -> Path:
         "nonfinite_steps": state.nonfinite_steps,
         "nonfinite_in_a_row": state.nonfinite_in_a_row,
         "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
+        "python_rng": _python_rng_state(),
     }
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a partial file must not fill what is left of the disk
+        raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
     return path
+
+
+def _python_rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_python_rng_state(saved: dict[str, Any]) -> None:
+    random.setstate((saved["version"], tuple(saved["internal"]), saved["gauss"]))
+
+
+class DamagedCheckpoint(ValueError):
+    """``checkpoint.pt`` does not load (truncated, corrupt, or not one of ours)."""
+
+
+_REQUIRED = ("step", "model", "optimizer", "teacher", "retrievers", "torch_rng", "python_rng")
+
+
+def read_checkpoint(run_dir: Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's contents, loaded with ``weights_only=True``; raises
+    :class:`DamagedCheckpoint` when it does not load or lacks what a resume needs.
+    ``mmap``: map the tensors instead of reading them (to look at the step of a large one)."""
+    path = run_dir / CHECKPOINT_FILE
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a broken file
+        raise DamagedCheckpoint(f"{path} does not load ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or any(key not in payload for key in _REQUIRED):
+        raise DamagedCheckpoint(f"{path} is not a sdar-bench checkpoint")
+    if not isinstance(payload["step"], int) or payload["step"] < 1:
+        raise DamagedCheckpoint(f"{path} has no valid step count")
+    return payload
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step ``run_dir``'s checkpoint stands at; None when it is damaged (nothing moved)."""
+    try:
+        return int(read_checkpoint(run_dir, mmap=True)["step"])
+    except DamagedCheckpoint:
+        return None
+
+
+def set_aside_checkpoint(run_dir: Path) -> Path:
+    """Rename a damaged checkpoint to ``checkpoint.pt.damaged`` (kept for inspection)."""
+    path = run_dir / CHECKPOINT_FILE
+    target = path.with_name(path.name + ".damaged")
+    os.replace(path, target)
+    return target
 
 
 def load_checkpoint(state: RunState, run_dir: Path) -> int:
     """Restore ``state`` from ``run_dir/checkpoint.pt``; returns the finished step count."""
-    payload = torch.load(run_dir / CHECKPOINT_FILE, weights_only=False)
+    return restore_checkpoint(state, read_checkpoint(run_dir))
+
+
+def restore_checkpoint(state: RunState, payload: dict[str, Any]) -> int:
+    """Restore ``state`` from a checkpoint's contents (:func:`read_checkpoint`)."""
     state.policy.model.load_state_dict(payload["model"])
     state.backend.sync_weights()  # a vLLM engine still holds the weights it was built with
     if state.optimizer is not None and payload["optimizer"] is not None:
@@ -63,7 +122,7 @@ def load_checkpoint(state: RunState, run_dir: Path) -> int:
     state.nonfinite_steps = payload["nonfinite_steps"]
     state.nonfinite_in_a_row = payload.get("nonfinite_in_a_row", 0)
     torch.set_rng_state(payload["torch_rng"])
-    random.setstate(payload["python_rng"])
+    _set_python_rng_state(payload["python_rng"])
     return int(payload["step"])
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from sdar_bench.config import SuiteSpec
+    from sdar_bench.tracking import SuiteTracker
 
 app = typer.Typer(
     help="Compare agentic RL methods (GRPO, OPSD hybrids, SDAR, …) on ALFWorld-style envs, reproducibly.",
@@ -35,6 +39,15 @@ TrackingUriOption = Annotated[
         "results/<suite>/mlflow.db)."
     ),
 ]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="If another sdar-bench process is writing the results folder, wait for it "
+        "instead of stopping.",
+    ),
+]
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
 def quiet_libraries() -> None:
@@ -52,6 +65,43 @@ def _fail(message: str) -> None:
     """A user mistake: one line on stderr, exit code 2, no traceback."""
     Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _interrupted() -> None:
+    console.print("interrupted: run the same command to resume", highlight=False)
+    raise typer.Exit(INTERRUPTED)
+
+
+def _lock_folder(stack: ExitStack, folder: Path, wait: bool, shared: bool = False) -> None:
+    """Take the results folder's lock for the rest of ``stack``; another holder: exit 2."""
+    from sdar_bench.locking import FolderInUse, folder_lock
+
+    try:
+        stack.enter_context(folder_lock(folder, shared=shared, wait=wait))
+    except FolderInUse as exc:
+        _fail(str(exc))
+
+
+def _open_tracker(
+    stack: ExitStack, make: Callable[[], SuiteTracker], uri: str | None
+) -> SuiteTracker:
+    """Open the suite's MLflow run; a store that cannot be opened stops here, in one line.
+
+    Tracking was asked for, so the run refuses rather than train for hours untracked; the
+    message names the ways on.
+    """
+    from sdar_bench.tracking import DEFAULT_DB
+
+    try:
+        return stack.enter_context(make())
+    except Exception as exc:  # noqa: BLE001 - sqlite, alembic and HTTP errors all end here
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        fix = f"move {DEFAULT_DB} aside, " if uri and uri.startswith("sqlite:") else ""
+        _fail(
+            f"MLflow store {uri} cannot be opened ({detail}); {fix}pass another "
+            "--tracking-uri, or --no-mlflow"
+        )
+        raise  # unreachable: _fail exits
 
 
 def _load(suite_file: Path) -> SuiteSpec:
@@ -84,15 +134,18 @@ def run(
     ] = None,
     tracking_uri: TrackingUriOption = None,
     mlflow: Annotated[bool, typer.Option(help="Log runs to MLflow.")] = True,
+    wait: WaitOption = False,
 ) -> None:
     """Run every unfinished run of a suite, then print and write its comparison table.
 
     Re-running the same command skips finished runs and resumes unfinished ones from their
     last checkpoint. Everything a run needs (weights, data, a writable results folder, the
-    tracking store) is checked first.
+    tracking store) is checked first. Exit code: 0 every run finished, 1 some run failed or
+    crashed (the table is still written), 2 bad input, 130 interrupted.
     """
     from sdar_bench.plan import preflight
-    from sdar_bench.suite import EXECUTORS, run_suite
+    from sdar_bench.suite import EXECUTORS, FolderHoldsAnotherSuite, record_suite, run_suite
+    from sdar_bench.suite import unfinished as unfinished_runs
     from sdar_bench.tracking import SuiteTracker
     from sdar_bench.tracking import tracking_uri as resolve_uri
 
@@ -107,20 +160,42 @@ def run(
         more = f" (and {len(problems) - 1} more: see `sdar-bench plan {suite_file}`)"
         _fail(problems[0] + (more if len(problems) > 1 else ""))
     params = suite.model_dump(mode="json")
-    with SuiteTracker(suite.name, out, uri=uri, suite_params=params, enabled=mlflow) as tracker:
-        run_suite(
-            suite, out, console, workers=workers, executor=executor, address=address,
-            tracker=tracker,
-        )  # fmt: skip
-        _print_report(out)
-        tracker.log_artifacts(
-            [p for p in (out / "table.md", out / "table.csv", out / "table.tex", out / "plots")
-             if p.exists()]
-        )  # fmt: skip
+    try:
+        with ExitStack() as stack:
+            # The lock comes first: the MLflow store is created (and migrated) by one process.
+            _lock_folder(stack, out, wait)
+            try:
+                record_suite(suite, out)
+            except FolderHoldsAnotherSuite as exc:
+                _fail(str(exc))
+            tracker = _open_tracker(
+                stack, lambda: SuiteTracker(suite.name, out, uri, params, enabled=mlflow), uri
+            )
+            outcomes = run_suite(
+                suite, out, console, workers=workers, executor=executor, address=address,
+                tracker=tracker,
+            )  # fmt: skip
+            _print_report(out)
+            tracker.log_artifacts(
+                [p for p in (out / "table.md", out / "table.csv", out / "table.tex", out / "plots")
+                 if p.exists()]
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        _interrupted()
     if mlflow:
         console.print(
             f"MLflow: {tracker.uri} (experiment {suite.name}); browse: sdar-bench ui {out}"
         )
+    failed = unfinished_runs(suite, out, outcomes)
+    if failed:
+        console.print(
+            f"{len(failed)} of {len(suite.expand())} runs did not finish: "
+            + "; ".join(f"{run_id} ({why})" for run_id, why in failed),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -165,10 +240,15 @@ def plan(
             if warm_starts
             else ""
         )
+        + (
+            f"; {len(blind)} runs whose data is missing are not counted"
+            if (blind := [p for p in left if not p.data_ok])
+            else ""
+        )
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:
-        console.print(f"[red]missing:[/] {problem}", highlight=False)
+        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
 
@@ -252,23 +332,32 @@ def warmstart(
 @app.command()
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
+    wait: WaitOption = False,
 ) -> None:
     """Rebuild table.md, table.csv, table.tex and plots/ from a results directory; print them."""
     if not (results_dir / "runs").is_dir():
         _fail(f"{results_dir}: no runs/ folder here; pass the directory `sdar-bench run` wrote")
-    _print_report(results_dir)
+    with ExitStack() as stack:
+        # a read-only folder (OSError): no process can write there, so there is nothing to lock
+        with suppress(OSError):
+            _lock_folder(stack, results_dir, wait)
+        _print_report(results_dir)
 
 
 def _print_report(results_dir: Path) -> None:
     from sdar_bench.report.plots import write_plots
     from sdar_bench.report.results import ResultsError
-    from sdar_bench.report.table import format_delta, which_title, write_report
+    from sdar_bench.report.table import build_report, format_delta, which_title, write_report
 
+    unwritten: OSError | None = None
     try:
         report = write_report(results_dir)
     except ResultsError as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits
+    except OSError as exc:  # a read-only or full folder: the tables can still be shown
+        unwritten = exc
+        report = build_report(results_dir)
     for missing in report.folder.missing:
         console.print(f"[red]missing run[/] {escape(missing.line())}", highlight=False)
     for problem in report.folder.problems:
@@ -307,18 +396,41 @@ def _print_report(results_dir: Path) -> None:
         console.print(table)
     for setting in report.teacher_quality:
         console.print(f"teacher quality — {setting}")
-    plots = write_plots(results_dir)
+    plots: list[Path] = []
+    if unwritten is None:
+        try:
+            plots = write_plots(results_dir)
+        except OSError as exc:
+            unwritten = exc
+    if unwritten is not None:
+        console.print(
+            f"[yellow]could not write the tables and plots into {escape(str(results_dir))}[/] "
+            f"({escape(unwritten.strerror or str(unwritten))}); the tables above are complete",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"tables written to {results_dir}/table.md, table.csv and table.tex; "
         f"{len(plots)} plots in {results_dir}/plots/"
     )
 
 
+def free_port(host: str) -> int:
+    """A port nothing listens on now: the one the OS picks for a bind to port 0."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 @app.command()
 def ui(
     results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port to listen on (default: a free one, printed)."),
+    ] = None,
 ) -> None:
     """Start the MLflow UI over a results directory's tracking store and print its URL."""
     from sdar_bench.tracking import DEFAULT_DB, ui_command
@@ -328,8 +440,14 @@ def ui(
             f"{results_dir}: no {DEFAULT_DB} here; pass the directory `sdar-bench run` wrote "
             "(runs logged to a tracking server have their UI there)"
         )
+    if port is None:
+        try:
+            port = free_port(host)
+        except OSError as exc:
+            _fail(f"--host {host}: cannot listen there ({exc.strerror}); pass another --host")
+            raise  # unreachable: _fail exits
     argv = ui_command(results_dir, host, port)
-    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)")
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     os.execv(argv[0], argv)
 
 
@@ -405,6 +523,7 @@ def tune(
     ] = None,
     tracking_uri: TrackingUriOption = None,
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
+    wait: WaitOption = False,
 ) -> None:
     """Search one method's parameters with Optuna over the suite's runs (its tune: block).
 
@@ -424,13 +543,21 @@ def tune(
         torch.set_num_threads(threads)
     out = results or Path("results") / suite.name
     try:
-        summary = tune_suite(
-            suite, out, storage=storage, study_name=study_name, n_trials=n_trials,
-            timeout=timeout, tracking_uri=tracking_uri, mlflow=mlflow, console=console,
-        )  # fmt: skip
+        with ExitStack() as stack:
+            # shared: tune workers may share a folder, but not with a `run` or `report`; an
+            # unwritable folder (OSError) is left to tune_suite's pre-flight, which says so
+            with suppress(OSError):
+                _lock_folder(stack, out, wait, shared=True)
+            summary = tune_suite(
+                suite, out, storage=storage, study_name=study_name, n_trials=n_trials,
+                timeout=timeout, tracking_uri=tracking_uri, mlflow=mlflow, console=console,
+            )  # fmt: skip
     except TuneError as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits
+    except KeyboardInterrupt:
+        _interrupted()
+        raise  # unreachable: _interrupted exits
     if summary.best_number is None:
         console.print(
             f"{summary.trials} trials, none completed yet; tables in {out / 'tune'}", soft_wrap=True

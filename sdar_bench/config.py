@@ -65,6 +65,17 @@ class EvalSpec(Strict):
     """Size of the validation panel (the first N tasks of the ``valid`` split, disjoint from the
     test panel), evaluated alongside it; the best step is chosen on it and reported on the test
     panel. None: as large as ``panel``; 0: no validation panel, so no best-step table."""
+
+    @property
+    def valid_size(self) -> int:
+        """The validation panel's size (0: none)."""
+        return self.panel if self.valid_panel is None else self.valid_panel
+
+    @property
+    def panels(self) -> tuple[str, ...]:
+        """The panels every evaluation plays, in the order it writes them."""
+        return ("test", "valid") if self.valid_size else ("test",)
+
     temperature: float | None = Field(None, ge=0)
     """Sampling temperature; None takes the env's protocol (ALFWorld/WebShop 0.4, QA greedy)."""
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ class RunPlan:
     warmstart: str = "–"  # tiny models: "shipped", "cached" or "to train"
     warmstart_seconds: float = 0.0  # rough time to train it where it is "to train"
     warmstart_name: str = ""  # its checkpoint name: one warm start serves every run sharing it
+    data_problems: tuple[str, ...] = ()  # every dataset it lacks, one line each
 
     @property
     def needs_gpu(self) -> bool:
@@ -48,12 +53,18 @@ class RunPlan:
 
 
 def run_state(run_dir: Path, spec: RunSpec) -> str:
-    if (run_dir / "result.json").exists():
-        return "finished"
-    if (run_dir / "checkpoint.pt").exists():
-        import torch
+    """What ``run`` will do with this run folder; reads it only (damaged files stay put)."""
+    from sdar_bench.checkpoint import CHECKPOINT_FILE, checkpoint_step
+    from sdar_bench.run import RESULT_FILE, is_finished
 
-        step = torch.load(run_dir / "checkpoint.pt", weights_only=False, mmap=True)["step"]
+    if is_finished(run_dir):
+        return "finished"
+    if (run_dir / RESULT_FILE).exists():
+        return "to run (its result.json or manifest.json is damaged: redone)"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        step = checkpoint_step(run_dir)
+        if step is None:
+            return "to run (its checkpoint is damaged: restarts from step 0)"
         return f"resumes at step {step}/{spec.train.steps}"
     return "to run"
 
@@ -71,8 +82,10 @@ def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
                 envs[key] = str(exc)
         env = envs[key]
         model = models[spec.model]
+        missing: tuple[str, ...] = ()
         if isinstance(env, str):
             data_ok, data, flops, seconds = False, env, math.nan, math.nan
+            missing = tuple(missing_data(spec, env))
         else:
             data_ok, data = env.data_status()
             flops, decode_steps = _cost(spec, env, model.params or 0.0)
@@ -82,8 +95,41 @@ def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
             seconds = flops / rate + decode_steps * decode_s
         state = run_state(results / "runs" / spec.run_id, spec)
         warm = ("–", 0.0, "") if isinstance(env, str) else _warm_start_state(spec, env, model)
-        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, *warm))
+        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, *warm, missing))
     return plans
+
+
+def missing_data(spec: RunSpec, env_error: str) -> list[str]:
+    """Every dataset ``spec``'s env settings name and this machine lacks, one line each.
+
+    An env stops at the first missing file when it is built (``env_error``); a user fetching
+    data wants the whole list at once, so the other ``*_dir``/``*_path`` settings and ALFWorld's
+    ``$ALFWORLD_DATA`` are checked here too.
+    """
+    lines = [env_error]
+    params = spec.env_params
+    for name, value in sorted(params.items()):
+        if not name.endswith(("_dir", "_path")) or not isinstance(value, str) or not value:
+            continue
+        if Path(value).expanduser().exists() or re.search(rf"\b{name}\b", env_error):
+            continue  # present, or the env's own message already names it
+        lines.append(
+            f"{spec.env}: env_params.{spec.env}.{name} {value!r} does not exist; put the data "
+            "there or change the path"
+        )
+    if (
+        spec.env == "alfworld"
+        and params.get("engine") == "real"
+        and not params.get("data_dir")
+        and not os.environ.get("ALFWORLD_DATA")
+        and "ALFWORLD_DATA" not in env_error
+    ):
+        lines.append(
+            "alfworld engine real: $ALFWORLD_DATA is not set; set it (or env_params.alfworld."
+            "data_dir) to ALFWorld's data folder, the one holding json_2.1.1/ "
+            "(alfworld-download fills it)"
+        )
+    return lines
 
 
 def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float, str]:
@@ -165,7 +211,7 @@ def preflight(
                 f"get it with `{plan.model.how_to_get}` or remove it from the suite"
             )
         if not plan.data_ok:
-            problems.append(plan.data)
+            problems.extend(plan.data_problems or [plan.data])
         if plan.model.needs_gpu and not needs_gpu_ok and plan.model.present:
             problems.append(
                 f"models: {plan.model.name} needs a GPU and none is visible; "
@@ -176,9 +222,35 @@ def preflight(
 
             if (problem := vllm_problem(cuda=needs_gpu_ok)) is not None:
                 problems.append(problem)
+    for url in dict.fromkeys(_retriever_urls(suite)):
+        problems += _retriever_problem(url)
     if uri:
         problems += _tracking_problem(uri)
     return list(dict.fromkeys(problems))
+
+
+def _retriever_urls(suite: SuiteSpec) -> list[str]:
+    return [
+        str(spec.env_params["retriever_url"])
+        for spec in suite.expand()
+        if spec.env == "searchqa"
+        and spec.env_params.get("retriever") == "http"
+        and spec.env_params.get("retriever_url")
+    ]
+
+
+def _retriever_problem(url: str) -> list[str]:
+    """A Search-R1 retrieval server must accept connections before a run queries it."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=3):
+            return []
+    except OSError as exc:
+        return [
+            f"searchqa: the retrieval server {url} does not answer ({exc.strerror or exc}); "
+            "start Search-R1's retrieval server there or change env_params.searchqa.retriever_url"
+        ]
 
 
 def _tracking_problem(uri: str) -> list[str]:

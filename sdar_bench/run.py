@@ -4,6 +4,13 @@ A run directory holds ``spec.yaml``, ``manifest.json``, ``metrics.jsonl`` (one l
 ``eval.jsonl`` (one line per evaluation and skill mode), ``checkpoint.pt`` while it trains and,
 last, ``result.json``: a run is finished exactly when ``result.json`` exists, which is what
 resume keys on; an unfinished run with a checkpoint continues from it.
+
+Nothing on disk is trusted blindly (README, "Reliability"): a ``result.json`` that is not JSON
+or lacks its keys, or a finished run without a readable ``manifest.json``, means the run is
+redone; a checkpoint that does not load, or logs that do not hold exactly the steps and
+evaluations up to the checkpoint, mean it starts over. Whatever is replaced is kept beside it as
+``<name>.damaged`` and one warning line says why. The run's ``.lock`` keeps two processes from
+executing it at once.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -23,10 +31,25 @@ from typing import Any
 import torch
 import yaml
 
-from sdar_bench.checkpoint import CHECKPOINT_FILE, has_checkpoint, load_checkpoint, save_checkpoint
+from sdar_bench.checkpoint import (
+    CHECKPOINT_FILE,
+    DamagedCheckpoint,
+    has_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside_checkpoint,
+)
 from sdar_bench.config import RunSpec
 from sdar_bench.envs import ENVS
-from sdar_bench.jsonl import append_jsonl, read_jsonl, write_jsonl_atomic
+from sdar_bench.jsonl import (
+    append_jsonl,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from sdar_bench.locking import LOCK_FILE, run_lock
 from sdar_bench.policy import Policy, load_policy
 from sdar_bench.policy.tiny import TINY_MODELS
 from sdar_bench.skills import skill_hashes
@@ -36,20 +59,48 @@ from sdar_bench.warmstart import warm_start
 Callback = Callable[[str, dict[str, Any]], None]
 RESULT_FILE = "result.json"
 EPISODES_FILE = "episodes.jsonl"  # per evaluation: every episode's task and outcome
+MANIFEST_FILE = "manifest.json"
+RESULT_KEYS = ("final", "best", "status")
+DAMAGED = ".damaged"
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
     return None
 
 
+def warn(message: str) -> None:
+    """One line on stderr: what was found wrong on disk and what is done about it."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """``result.json`` when it is complete (JSON with final, best and status), else None."""
+    data = _read_json(run_dir / RESULT_FILE)
+    if isinstance(data, dict) and all(key in data for key in RESULT_KEYS):
+        return data
+    return None
+
+
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / RESULT_FILE).exists()
+    """A run is finished when its result and its manifest (what the report reads) are sound."""
+    return read_result(run_dir) is not None and isinstance(
+        _read_json(run_dir / MANIFEST_FILE), dict
+    )
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def set_aside(path: Path) -> Path:
+    """Keep a damaged file for inspection as ``<name>.damaged``; returns the new path."""
+    target = path.with_name(path.name + DAMAGED)
+    os.replace(path, target)
+    return target
 
 
 def _git_sha() -> str | None:
@@ -96,14 +147,21 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
     """Run ``spec`` into ``run_dir``: from its last checkpoint when it has one, else from scratch.
 
     A run that fails (``RunFailed``) still writes ``result.json`` with ``status: failed`` and
-    the reason, so the suite goes on and the report lists it.
+    the reason, so the suite goes on and the report lists it. Raises
+    :class:`~sdar_bench.locking.RunInUse` when another process is executing the same run.
     """
-    resume = has_checkpoint(run_dir)
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(
-        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    with run_lock(run_dir):
+        return _execute_run(spec, run_dir, callback)
+
+
+def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, Any]:
+    checkpoint = _resume_point(spec, run_dir)
+    resume = checkpoint is not None
+    if not resume:
+        _clear(run_dir)
+    (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier crash; this try goes on
+    write_text_atomic(
+        run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     )
     torch.manual_seed(spec.seed)
     started = time.perf_counter()
@@ -113,15 +171,16 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
     state = setup(spec, policy)
 
     first_step = 0
-    if resume:
-        first_step = load_checkpoint(state, run_dir)
+    if checkpoint is not None:
+        first_step = restore_checkpoint(state, checkpoint)
+        del checkpoint  # the weights now live in the model; do not hold a second copy
         warm["resumed_from_step"] = first_step
     metrics_rows = _keep_rows(run_dir / "metrics.jsonl", first_step)
     evals = _keep_rows(run_dir / "eval.jsonl", first_step)
     _keep_rows(run_dir / EPISODES_FILE, first_step)
     hashes = {name: state.env.panel_hash(tasks) for name, tasks in state.panels.items()}
     warm["panel_hashes"] = hashes
-    write_json_atomic(run_dir / "manifest.json", manifest(spec, hashes["test"], warm))
+    write_json_atomic(run_dir / MANIFEST_FILE, manifest(spec, hashes["test"], warm))
     callback("start", {"run_id": spec.run_id, "steps": spec.train.steps, "from": first_step})
 
     def run_eval(step: int) -> None:
@@ -191,6 +250,82 @@ def initial_policy(spec: RunSpec, callback: Callback) -> tuple[Policy, dict[str,
     policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens, options=spec.policy)
     info = {"checkpoint": str(checkpoint), "cached": cached, "seconds": time.perf_counter() - t0}
     return policy, {"warmstart": info}
+
+
+def _clear(run_dir: Path) -> None:
+    """Empty a run folder for a fresh start, keeping its lock and any ``*.damaged`` file."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE or entry.name.endswith(DAMAGED):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _resume_point(spec: RunSpec, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from, or None to start over; damaged files are set aside.
+
+    A resume must reproduce a run that never stopped, so it needs a checkpoint that loads and
+    logs that hold exactly the steps and evaluations up to it. Anything less restarts the run
+    from step 0: a skipped or doubled step would change the curve without anyone noticing.
+    """
+    (run_dir / (CHECKPOINT_FILE + ".tmp")).unlink(missing_ok=True)  # a write that never ended
+    result = run_dir / RESULT_FILE
+    if result.exists() and read_result(run_dir) is None:
+        warn(f"{result} is damaged (not JSON, or without final/best/status); set aside as "
+             f"{RESULT_FILE}{DAMAGED}, the run is redone")  # fmt: skip
+        set_aside(result)
+    manifest_file = run_dir / MANIFEST_FILE
+    if manifest_file.exists() and not isinstance(_read_json(manifest_file), dict):
+        warn(f"{manifest_file} is damaged; set aside as {MANIFEST_FILE}{DAMAGED}")
+        set_aside(manifest_file)
+    if not has_checkpoint(run_dir):
+        return None
+    try:
+        payload = read_checkpoint(run_dir)
+    except DamagedCheckpoint as exc:
+        set_aside_checkpoint(run_dir)
+        warn(f"{exc}; set aside as {CHECKPOINT_FILE}{DAMAGED}. {spec.run_id} restarts from "
+             "step 0 (a run keeps only its last checkpoint)")  # fmt: skip
+        return None
+    step = int(payload["step"])
+    problem = _log_problem(spec, run_dir, step)
+    if problem is None and step >= spec.train.steps:
+        problem = f"its checkpoint is at step {step} of {spec.train.steps}"
+    if problem is not None:
+        (run_dir / CHECKPOINT_FILE).unlink()
+        warn(f"{run_dir}: {problem}; {spec.run_id} restarts from step 0 so that no step is "
+             "skipped or repeated")  # fmt: skip
+        return None
+    return payload
+
+
+def due_evaluations(spec: RunSpec, last_step: int) -> list[int]:
+    """The steps evaluated up to ``last_step``: 0, every ``eval.every``, and the last step."""
+    return [0] + [
+        s for s in range(1, last_step + 1) if s % spec.eval.every == 0 or s == spec.train.steps
+    ]
+
+
+def _log_problem(spec: RunSpec, run_dir: Path, step: int) -> str | None:
+    """What is wrong with the logs of a run checkpointed at ``step``; None when they hold
+    exactly steps 1..step and the evaluations due up to it (rows after it are dropped later)."""
+    from sdar_bench.registry import get_method_class
+
+    logged = [r.get("step") for r in read_jsonl(run_dir / "metrics.jsonl")]
+    kept = [s for s in logged if isinstance(s, int) and s <= step]
+    if kept != list(range(1, step + 1)):
+        return f"metrics.jsonl does not hold exactly steps 1..{step} (torn or missing lines)"
+    # one row per (panel, skill mode) of every evaluation, in eval.jsonl and episodes.jsonl
+    per_eval = len(get_method_class(spec.method).eval_skill_modes) * len(spec.eval.panels)
+    due = [s for s in due_evaluations(spec, step) for _ in range(per_eval)]
+    for log in ("eval.jsonl", EPISODES_FILE):
+        rows = [r for r in read_jsonl(run_dir / log) if isinstance(r.get("step"), int)]
+        if [r["step"] for r in rows if r["step"] <= step] != due:
+            return f"{log} does not hold exactly the evaluations due up to step {step}"
+    return None
 
 
 def _keep_rows(path: Path, last_step: int) -> list[dict[str, Any]]:

@@ -11,11 +11,19 @@ Three executors share one unit of work, ``execute_run`` on one ``RunSpec``:
 
 Warm starts are trained here, before any run starts, so parallel runs never train the same one
 twice. A run that crashes is recorded (``error.txt`` with the traceback) and the suite goes on.
+
+The suite holds ``<results>/.lock`` while it runs and records itself in ``<results>/suite.json``
+(its name, fingerprint, spec and run ids: what the report expects to find); every executor
+takes a run's own lock before executing it (``sdar_bench.locking``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,13 +32,75 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sdar_bench.checkpoint import CHECKPOINT_FILE
 from sdar_bench.config import RunSpec, SuiteSpec
-from sdar_bench.run import Callback, execute_run, is_finished
+from sdar_bench.jsonl import write_json_atomic
+from sdar_bench.locking import RunInUse, folder_lock
+from sdar_bench.run import Callback, execute_run, is_finished, read_result
 from sdar_bench.tracking import RunTracker, SuiteTracker
 
 EXECUTORS = ("local", "ray")
+SUITE_FILE = "suite.json"
+
+
+class FolderHoldsAnotherSuite(ValueError):
+    """The results folder records a suite of another name."""
+
+
+def suite_record(suite: SuiteSpec) -> dict[str, Any]:
+    """What ``suite.json`` holds: the suite's name, a fingerprint of its spec, the spec, and the
+    id of every run it expands to (the runs a complete results folder has)."""
+    spec = suite.model_dump(mode="json")
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return {
+        "name": suite.name,
+        "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
+        "spec": spec,
+        "run_ids": [run.run_id for run in suite.expand()],
+    }
+
+
+def record_suite(suite: SuiteSpec, results: Path) -> None:
+    """Write ``<results>/suite.json``; refuse a folder that records a suite of another name.
+
+    Call it under the folder lock. A changed spec of the same suite (more seeds, another
+    method) replaces the record: the folder holds that suite's runs, now as it is.
+    """
+    path = results / SUITE_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            name = old.get("name") if isinstance(old, dict) else None
+        except ValueError:
+            name = None  # a damaged record is rewritten below
+        if name is not None and name != suite.name:
+            raise FolderHoldsAnotherSuite(
+                f"{results} holds suite {name}; use another --results folder"
+            )
+    results.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, suite_record(suite))
+
+
+def unfinished(
+    suite: SuiteSpec, results: Path, outcomes: list[dict[str, Any]] | None = None
+) -> list[tuple[str, str]]:
+    """(run id, why) for every run of the suite that has not finished successfully; ``outcomes``
+    (of the runs just executed) give the reason of a crash."""
+    reasons = {o["run_id"]: f"{o.get('status')}: {o.get('reason')}" for o in outcomes or []}
+    out = []
+    for spec in suite.expand():
+        folder = run_dir(results, spec)
+        result = read_result(folder) if is_finished(folder) else None
+        if result is None:
+            error = folder / "error.txt"
+            why = "crashed, see its error.txt" if error.exists() else "not finished"
+            out.append((spec.run_id, reasons.get(spec.run_id, why)))
+        elif result.get("status") != "finished":
+            out.append((spec.run_id, f"{result.get('status')}: {result.get('reason')}"))
+    return out
 
 
 def run_dir(results: Path, spec: RunSpec) -> Path:
@@ -43,14 +113,24 @@ def safe_execute(spec: RunSpec, folder: Path, callback: Callback | None = None) 
         return execute_run(spec, folder, callback) if callback else execute_run(spec, folder)
     except KeyboardInterrupt:
         raise
+    except RunInUse as exc:  # its folder belongs to the process executing it: write nothing
+        return {"run_id": spec.run_id, "status": "crashed", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any bug in one run must not lose the others
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(traceback.format_exc())
-        return {
-            "run_id": spec.run_id,
-            "status": "crashed",
-            "reason": f"{type(exc).__name__}: {exc}",
-        }
+        (folder / (CHECKPOINT_FILE + ".tmp")).unlink(missing_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass  # a full disk: the reason below still reaches the console
+        return {"run_id": spec.run_id, "status": "crashed", "reason": crash_reason(exc)}
+
+
+def crash_reason(exc: BaseException) -> str:
+    """One line for the console and the report; a full disk says which write it stopped."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or "a file of the run"
+        return f"no space left on device while writing {where}; free some space and rerun"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _worker(spec_json: str, folder: str, threads: int) -> dict[str, Any]:
@@ -94,9 +174,23 @@ def run_suite(
     """Execute every unfinished run of ``suite``; returns the outcomes of those it executed.
 
     ``tracker`` (an open ``SuiteTracker``) gets one nested MLflow run per executed run; without
-    one nothing is tracked.
+    one nothing is tracked. Raises ``FolderInUse`` when another process holds ``results``, and
+    ``FolderHoldsAnotherSuite`` when ``results`` records a suite of another name.
     """
-    console = console or Console()
+    with folder_lock(results):
+        record_suite(suite, results)
+        return _run_suite(suite, results, console or Console(), workers, executor, address, tracker)
+
+
+def _run_suite(
+    suite: SuiteSpec,
+    results: Path,
+    console: Console,
+    workers: int,
+    executor: str,
+    address: str | None,
+    tracker: SuiteTracker | None,
+) -> list[dict[str, Any]]:
     tracker = tracker or SuiteTracker(suite.name, results, enabled=False)
     runs = suite.expand()
     todo = [r for r in runs if not is_finished(run_dir(results, r))]
@@ -117,12 +211,17 @@ def run_suite(
     for outcome in outcomes:
         if outcome.get("status") != "finished":
             console.print(
-                f"[red]{outcome.get('status')}[/]: {outcome['run_id']}: {outcome.get('reason')}"
+                f"[red]{outcome.get('status')}[/]: {outcome['run_id']}: "
+                f"{escape(str(outcome.get('reason')))}",
+                highlight=False,
+                soft_wrap=True,
             )
     return outcomes
 
 
 def _progress(console: Console) -> Progress:
+    # Progress bars need a terminal; redirected to a file they would show nothing until the
+    # end, so there the callbacks print plain lines instead (see ``_plain``).
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -130,12 +229,21 @@ def _progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
+        disable=not console.is_terminal,
     )
 
 
+def _plain(console: Console, text: str) -> None:
+    """One unwrapped, unstyled line, flushed (rich flushes after every print)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _step_callback(
-    progress: Progress, bar: Any, tracked: RunTracker, folder: Path
+    progress: Progress, bar: Any, tracked: RunTracker, folder: Path, spec: RunSpec
 ) -> Callable[[str, dict[str, Any]], None]:
+    plain = not progress.console.is_terminal
+    last = [time.perf_counter()]
+
     def callback(event: str, info: dict[str, Any]) -> None:
         if event == "warmstart":
             progress.update(bar, info="warm start (cached after the first run)")
@@ -143,6 +251,7 @@ def _step_callback(
             progress.update(bar, completed=info.get("from", 0))
             if info.get("from"):  # resumed: MLflow gets the curve up to the checkpoint first
                 tracked.backfill(folder)
+            last[0] = time.perf_counter()
         elif event == "step":
             tracked.log_step(info["step"], info)
             progress.update(
@@ -150,13 +259,37 @@ def _step_callback(
                 advance=1,
                 info=f"reward {info['reward/mean']:.2f}  train success {info['success/train']:.0%}",
             )
+            if plain:
+                now = time.perf_counter()
+                _plain(
+                    progress.console,
+                    f"{spec.run_id} step {info['step']}/{spec.train.steps} "
+                    f"reward {info['reward/mean']:.3f} train success {info['success/train']:.1%} "
+                    f"{now - last[0]:.1f} s",
+                )
+                last[0] = now
         elif event == "eval":
             tracked.log_eval(info["step"], info)
             progress.update(
-                bar, info=f"eval@{info['step']} {info['label']}: {info.get('success/all', 0):.1f}%"
+                bar,
+                info=f"eval@{info['step']} {info['label']} {info.get('panel', 'test')}: "
+                f"{info.get('success/all', 0):.1f}%",
             )
+            if plain:
+                _plain(
+                    progress.console,
+                    f"{spec.run_id} eval step {info['step']} {info['label']} "
+                    f"{info.get('panel', 'test')} panel success {info.get('success/all', 0):.1f}%",
+                )
+                last[0] = time.perf_counter()  # the next step's seconds exclude the evaluation
 
     return callback
+
+
+def _done_line(console: Console, spec: RunSpec, outcome: dict[str, Any]) -> None:
+    """Parallel executors see a run only when it ends: one plain line then (no terminal)."""
+    if not console.is_terminal:
+        _plain(console, f"{spec.run_id} {outcome.get('status')}")
 
 
 def _run_here(
@@ -169,7 +302,9 @@ def _run_here(
             bar = progress.add_task(f"{spec.method} s{spec.seed}", total=spec.train.steps, info="")
             folder = run_dir(results, spec)
             with tracker.run(spec.run_id, spec.model_dump(mode="json")) as tracked:
-                outcome = safe_execute(spec, folder, _step_callback(progress, bar, tracked, folder))
+                outcome = safe_execute(
+                    spec, folder, _step_callback(progress, bar, tracked, folder, spec)
+                )
                 _close(tracked, folder, outcome)
             outcomes.append(outcome)
             progress.update(bar, completed=spec.train.steps)
@@ -212,6 +347,7 @@ def _run_processes(
             outcomes.append(outcome)
             spec = futures[future]
             _track_finished(tracker, spec, run_dir(results, spec), outcome)
+            _done_line(console, spec, outcome)
             progress.update(
                 overall, advance=1, info=f"{futures[future].run_id} {outcome['status']}"
             )
@@ -258,6 +394,7 @@ def _run_ray(
             outcome = ray.get(done[0])
             outcomes.append(outcome)
             _track_finished(tracker, spec, run_dir(results, spec), outcome)
+            _done_line(console, spec, outcome)
             progress.update(overall, advance=1, info=f"{spec.run_id} {outcome['status']}")
     if started_here:
         ray.shutdown()

@@ -17,9 +17,10 @@ Resume: finished runs are skipped by the suite, so an invocation only opens chil
 it actually executes. Anything still ``RUNNING`` in the experiment with our role tag when a new
 invocation starts was left behind by a crashed or killed process, and is marked ``KILLED``;
 its re-execution becomes a fresh child of the new parent. A run that continues from its
-checkpoint calls :meth:`RunTracker.backfill` so the new child still holds the whole curve. (Two invocations of the same suite at
-the same time would therefore mark each other's live runs as killed: don't do that, they would
-also race on the run directories.)
+checkpoint calls :meth:`RunTracker.backfill` so the new child still holds the whole curve. Two
+invocations on one results folder cannot overlap (its lock, ``sdar_bench.locking``), but two
+folders of the same suite name logging to one shared tracking server share an experiment: the
+second to start marks the first's live runs as KILLED (their files on disk are unaffected).
 
 The files under ``runs/<run_id>/`` stay the source of truth. Tracking is best effort: the first
 error talking to MLflow during training is reported as one warning and tracking stops for the
@@ -224,7 +225,8 @@ class RunTracker:
             self._conn.log_metrics(self.mlflow_run_id, [(step, _step_metrics(metrics))])
 
     def log_eval(self, step: int, row: Mapping[str, Any]) -> None:
-        """One evaluation row, as ``eval/<label>/<metric>`` (label = the row's skill mode)."""
+        """One evaluation row, as ``eval/<label>/<metric>`` on the test panel and
+        ``valid/<label>/<metric>`` on the validation panel (label = the row's skill mode)."""
         if self._open:
             self._conn.log_metrics(self.mlflow_run_id, [(step, _eval_metrics(row))])
 
@@ -269,8 +271,9 @@ def _step_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _eval_metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    body = {k: v for k, v in row.items() if k not in ("step", "label")}
-    return flatten_metrics(body, f"eval/{row.get('label', 'eval')}/")
+    body = {k: v for k, v in row.items() if k not in ("step", "label", "panel")}
+    prefix = "valid" if row.get("panel") == "valid" else "eval"
+    return flatten_metrics(body, f"{prefix}/{row.get('label', 'eval')}/")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

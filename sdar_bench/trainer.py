@@ -166,7 +166,7 @@ def evaluation_panels(env: Env, spec: RunSpec) -> dict[str, list[Task]]:
     """The fixed panels a run evaluates: ``test`` (reported) and, unless its size is 0,
     ``valid`` (where the best step is chosen: selecting on the reported panel biases it up)."""
     panels = {"test": env.panel(spec.eval.panel)}
-    size = spec.eval.panel if spec.eval.valid_panel is None else spec.eval.valid_panel
+    size = spec.eval.valid_size
     if size:
         panels["valid"] = env.panel(size, split=VALID_SPLIT)
         shared = {env.task_identity(t) for t in panels["test"]} & {

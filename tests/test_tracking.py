@@ -276,3 +276,17 @@ def test_flattening() -> None:
     assert sanitize_key("eval/Skill-Prompt*/success@1") == "eval/Skill-Prompt_/success_1"
     assert sanitize_key("/a//b/../c/") == "a/b/c"
     assert len(sanitize_key("k" * 300)) == 250
+
+
+def test_the_validation_panel_logs_under_its_own_keys() -> None:
+    """Catches the validation row of an evaluation overwriting the test row of the same step
+    (both are logged at that step)."""
+    from sdar_bench.tracking import _eval_metrics
+
+    test = {"step": 4, "label": "SDAR", "panel": "test", "success/all": 50.0}
+    valid = {"step": 4, "label": "SDAR", "panel": "valid", "success/all": 40.0}
+    assert _eval_metrics(test) == {"eval/SDAR/success/all": 50.0}
+    assert _eval_metrics(valid) == {"valid/SDAR/success/all": 40.0}
+    assert _eval_metrics({"step": 4, "label": "SDAR", "success/all": 5.0}) == {
+        "eval/SDAR/success/all": 5.0
+    }  # rows written before the validation panel existed
