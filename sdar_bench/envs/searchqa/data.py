@@ -138,7 +138,8 @@ def qa_file_problem(path: str | Path) -> str | None:
     if not found.is_file():
         return None
     stat = found.stat()
-    return _qa_file_problem(str(found.resolve()), stat.st_mtime_ns, stat.st_size)
+    problem = _qa_file_problem(str(found.resolve()), stat.st_mtime_ns, stat.st_size)
+    return None if problem is None else f"{path}: {problem}"  # the path as the suite gives it
 
 
 _QA_ROW = "an object with 'question' and 'golden_answers' (Search-R1 format)"
@@ -151,28 +152,28 @@ def _qa_file_problem(path: str, mtime_ns: int, size: int) -> str | None:
         # Reading it needs pandas and pyarrow; the magic number catches a file of another kind.
         with source.open("rb") as handle:
             head = handle.read(4)
-        return None if head == b"PAR1" else f"{path} is not a parquet file (no PAR1 header)"
+        return None if head == b"PAR1" else "not a parquet file (no PAR1 header)"
     try:
         if source.suffix == ".json":
             try:
                 rows = json.loads(source.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                return f"{path}: line {exc.lineno}: not JSON ({exc.msg})"
+                return f"line {exc.lineno}: not JSON ({exc.msg})"
             if not isinstance(rows, list):
-                return f"{path}: a .json question file holds a list of objects"
+                return "a .json question file holds a list of objects"
             numbered: Iterable[tuple[str, Any]] = ((f"item {i}", r) for i, r in enumerate(rows))
         else:
             numbered = _numbered_json_lines(source)
         count = 0
         for where, row in numbered:
             if not isinstance(row, dict) or "question" not in row or not _answers(row):
-                return f"{path}: {where}: not {_QA_ROW}"
+                return f"{where}: not {_QA_ROW}"
             count += 1
     except _BadLine as exc:
         return str(exc)
     except UnicodeDecodeError as exc:
-        return f"{path}: not UTF-8 text (byte offset {exc.start}); save it as UTF-8 JSON lines"
-    return None if count else f"{path}: no questions"
+        return f"not UTF-8 text (byte offset {exc.start}); save it as UTF-8 JSON lines"
+    return None if count else "no questions"
 
 
 class _BadLine(ValueError):
@@ -187,7 +188,7 @@ def _numbered_json_lines(path: Path) -> Iterable[tuple[str, Any]]:
                     yield f"line {number}", json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise _BadLine(
-                        f"{path}: line {number}: not a JSON line ({exc.msg}); a QA file holds "
+                        f"line {number}: not a JSON line ({exc.msg}); a QA file holds "
                         f"one JSON object per line, {_QA_ROW}"
                     ) from None
 
