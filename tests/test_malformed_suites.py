@@ -121,7 +121,7 @@ HEAD = "name: generated\nmodels: [tiny-qwen-1m]\nenvs: [alfworld]\n"
 
 
 def _alias_bomb(levels: int = 9) -> str:
-    """"Billion laughs": each anchor lists ten aliases of the one before (10^9 values)."""
+    """ "Billion laughs": each anchor lists ten aliases of the one before (10^9 values)."""
     lines = ["    x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     for i in range(1, levels + 1):
         lines.append(f"    x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
