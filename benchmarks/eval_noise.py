@@ -11,7 +11,9 @@ policy on the test panel of each size once per evaluation seed, and print per pa
 * the binomial prediction sqrt(p(1−p)/J) for J tasks drawn afresh (panel composition + sampling),
   which the fixed panel's sampling noise stays under (tasks the policy always or never solves
   add no sampling noise);
-* the share of tasks whose outcome changed between evaluation seeds.
+* the share of tasks whose outcome changed between evaluation seeds;
+* the same noise estimated from the per-task success rates p_j over the evaluation seeds,
+  sqrt(Σ_j p_j(1 − p_j) · k/(k − 1)) / J for k seeds: far steadier than the sd of k rates.
 
 Evaluation noise is what pairing by seed cancels only partly: two methods' evaluations use the
 same evaluation seed but different weights, so their sampling noise is not shared exactly.
@@ -46,7 +48,10 @@ def main() -> None:
         backend = TransformersBackend(policy.model, policy.pad_id, policy.eos_id)
         temperature = env.eval_temperature
         print(f"\n{env_name}: tiny-qwen-1m shipped warm start, T = {temperature}")
-        print("panel | mean success | sd across eval seeds | binomial sd | tasks that changed")
+        print(
+            "panel | mean success | sd across eval seeds | from per-task rates | binomial sd "
+            "| tasks that changed"
+        )
         for size in args.panels:
             panel = env.panel(size)
             start = time.perf_counter()
@@ -63,8 +68,12 @@ def main() -> None:
             sd = statistics.stdev(rates) if len(rates) > 1 else math.nan
             binomial = 100.0 * math.sqrt(mean / 100 * (1 - mean / 100) / size)
             changed = sum(len({o[j] for o in outcomes}) > 1 for j in range(size)) / size
+            k = len(outcomes)
+            rates_j = [sum(o[j] for o in outcomes) / k for j in range(size)]
+            per_task = 100.0 * math.sqrt(sum(p * (1 - p) for p in rates_j) * k / (k - 1)) / size
             print(
-                f"{size:5d} | {mean:12.1f} | {sd:20.2f} | {binomial:11.2f} | {changed:17.0%}"
+                f"{size:5d} | {mean:12.1f} | {sd:20.2f} | {per_task:19.2f} | {binomial:11.2f} "
+                f"| {changed:17.0%}"
                 f"   ({time.perf_counter() - start:.0f} s)",
                 flush=True,
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
 from sdar_bench.registry import Method
@@ -22,12 +23,12 @@ class GRPOOPSD(Method):
     """GRPO plus an ungated (constant-weight or gap-signed) distillation term."""
 
     class Params(TeacherParams):
-        coef: float = 0.01
-        """λ, weight of the distillation term (SPEC default 0.01)."""
+        coef: float = Field(0.01, ge=0)
+        """λ ≥ 0, weight of the distillation term (SPEC default 0.01)."""
         form: Literal["uniform", "signed"] = "uniform"
         """uniform: constant gate ``gate_value`` (as released); signed: −sg(Δ)·logp [choice]."""
-        gate_value: float = 0.5
-        """The constant gate g of the uniform form (SPEC default 0.5 = σ(0))."""
+        gate_value: float = Field(0.5, ge=0, le=1)
+        """The constant gate g in [0, 1] of the uniform form (SPEC default 0.5 = σ(0))."""
 
     name = "grpo_opsd"
     label = "GRPO+OPSD"

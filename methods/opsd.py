@@ -11,6 +11,7 @@ tokens the skill-aware teacher endorses. Gate and defaults (λ 0.01, β 5) as re
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from sdar_bench.objectives import (
     TeacherParams,
@@ -27,10 +28,10 @@ class OPSD(Method):
     """Gated sampled-token distillation towards the skill-aware teacher, without a pg term."""
 
     class Params(TeacherParams):
-        coef: float = 0.01
-        """λ, weight of the distillation term (SPEC default 0.01)."""
-        beta: float = 5.0
-        """β, sharpness of the gate σ(β·Δ) (SPEC default 5, as released)."""
+        coef: float = Field(0.01, ge=0)
+        """λ ≥ 0, weight of the distillation term (SPEC default 0.01)."""
+        beta: float = Field(5.0, ge=0)
+        """β ≥ 0, sharpness of the gate σ(β·Δ) (SPEC default 5, as released)."""
 
     name = "opsd"
     label = "OPSD"

@@ -14,6 +14,7 @@ out linearly over the first ``decay_steps`` steps. The mean reshaping factor of 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
 from sdar_bench.registry import Method
@@ -24,12 +25,14 @@ class RLSD(Method):
     """GRPO with teacher-reshaped per-token advantages, annealed to plain GRPO."""
 
     class Params(TeacherParams):
-        eps_w: float = 0.2
-        """ε_w, clip range of the teacher's evidence factor exp(±(teach − old)) (SPEC 0.2)."""
-        weight: float = 0.5
-        """Initial mixing weight w of the reshaped advantage (SPEC 0.5)."""
-        decay_steps: int = 100
-        """w decays linearly to 0 over this many steps and stays 0 after (SPEC 100)."""
+        eps_w: float = Field(0.2, gt=0, lt=1)
+        """ε_w in (0, 1), clip range of the teacher's evidence factor exp(±(teach − old))
+        (SPEC 0.2)."""
+        weight: float = Field(0.5, ge=0, le=1)
+        """Initial mixing weight w in [0, 1] of the reshaped advantage (SPEC 0.5)."""
+        decay_steps: int = Field(100, ge=0)
+        """w decays linearly to 0 over this many steps and stays 0 after (SPEC 100; 0: plain
+        GRPO from the start)."""
 
     name = "rlsd"
     label = "RLSD"

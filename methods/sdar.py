@@ -57,10 +57,10 @@ class SDAR(Method):
     """GRPO plus sampled-token distillation to the skill-aware teacher, gated by the gap."""
 
     class Params(TeacherParams):
-        coef: float = 0.01
-        """λ, weight of the gated distillation term (SPEC default 0.01; sweep 0.001–0.1)."""
-        beta: float = 5.0
-        """β, sharpness of the gate σ(β·…) (SPEC default 5; sweep 0, 1, 5, 10)."""
+        coef: float = Field(0.01, ge=0)
+        """λ ≥ 0, weight of the gated distillation term (SPEC default 0.01; sweep 0.001–0.1)."""
+        beta: float = Field(5.0, ge=0)
+        """β ≥ 0, sharpness of the gate σ(β·…) (SPEC default 5; sweep 0, 1, 5, 10)."""
         gate: Literal["gap", "entropy", "soft_or", "none"] = "gap"
         """What the gate looks at: the gap Δ (default), the normalised entropy, both, or nothing."""
         divergence: Literal["reverse_sampled", "reverse_full", "forward_full", "jsd_full"] = (

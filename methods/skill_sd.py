@@ -12,6 +12,7 @@ finite. Unlike PPO's ratio, ρ is not detached, so the term also pushes logp thr
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
 from sdar_bench.registry import Method
@@ -27,8 +28,8 @@ class SkillSD(Method):
     """GRPO plus a ρ-weighted k3 KL from the student to the skill-aware teacher."""
 
     class Params(TeacherParams):
-        coef: float = 0.001
-        """λ, weight of the divergence term (SPEC default 0.001)."""
+        coef: float = Field(0.001, ge=0)
+        """λ ≥ 0, weight of the divergence term (SPEC default 0.001)."""
 
     name = "skill_sd"
     label = "Skill-SD"

@@ -7,35 +7,72 @@ a suite never silently falls back to a default.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import math
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sdar_bench.policy.options import PolicyOptions
-from sdar_bench.tune_spec import TuneField
+from sdar_bench.tune_spec import BEST_SUFFIX, TuneField
+
+# ---- caps ---------------------------------------------------------------------------------------
+# Generous limits that no real suite reaches, all checked when a suite is loaded: a slip of the
+# keyboard (three extra zeros, an alias bomb) is refused before any work instead of running for
+# weeks or filling the memory. README "Commands" lists them.
+MAX_FILE_BYTES = 1024 * 1024
+"""A suite file's size (checked before it is parsed)."""
+MAX_YAML_DEPTH = 64
+"""Nesting of lists and mappings in a suite file (a suite needs about 5)."""
+MAX_YAML_VALUES = 100_000
+"""Values in a suite file, each alias counted as a copy of what it names."""
+MAX_RUNS = 10_000
+"""Runs a suite expands to (models × envs × method settings × seeds)."""
+MAX_SEEDS = 1_000
+"""Seeds in one suite."""
+SEED_LIMIT = 2**31
+"""Seeds are in [0, 2^31): torch generators are seeded with seed * 1_000_003 + step."""
+MAX_STEPS = 100_000
+"""train.steps and warmstart.steps."""
+MAX_TASKS_PER_STEP = 10_000
+MAX_GROUP_SIZE = 1_024
+MAX_PPO_EPOCHS = 1_000
+MAX_TOKENS = 131_072
+"""train.max_new_tokens and train.max_prompt_tokens (128 Ki tokens)."""
+MAX_PANEL = 100_000
+"""eval.panel and eval.valid_panel."""
+MAX_WARMSTART_EPISODES = 100_000
+MAX_NAME_LENGTH = 100
+"""Characters in a suite's name (it names the results folder)."""
+
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML true or "8" is not silently the integer 1 or 8 (a plain int is still a
+    # valid float). allow_inf_nan: .inf and .nan are refused in every float field.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TrainSpec(Strict):
-    steps: int = Field(150, ge=0)
+    steps: int = Field(150, ge=0, le=MAX_STEPS)
     """Training steps (one rollout batch and one update each)."""
-    tasks_per_step: int = Field(16, ge=1)
+    tasks_per_step: int = Field(16, ge=1, le=MAX_TASKS_PER_STEP)
     """Distinct tasks per step; each is played ``group_size`` times (the GRPO group)."""
-    group_size: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=1, le=MAX_GROUP_SIZE)
     """G: copies of each task with the same initial state."""
     lr: float = Field(1e-6, gt=0)
     """AdamW learning rate (paper: 1e-6 for 1.7B–7B models; tiny CPU models need ~5e-4)."""
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     """Gradient-norm clip."""
-    ppo_epochs: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1, le=MAX_PPO_EPOCHS)
     """Passes over each rollout batch (paper: 1)."""
     mini_batches: int = Field(1, ge=1)
     """Optimiser steps per epoch; the batch is split into this many mini-batches."""
@@ -43,9 +80,9 @@ class TrainSpec(Strict):
     """Samples per forward/backward; gradients accumulate to the mini-batch (exact token-mean)."""
     temperature: float = Field(1.0, gt=0)
     """Rollout sampling temperature (paper: 1.0, top-p 1.0)."""
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=MAX_TOKENS)
     """Response token budget per turn."""
-    max_prompt_tokens: int = Field(2048, ge=16)
+    max_prompt_tokens: int = Field(2048, ge=16, le=MAX_TOKENS)
     """Prompt budget without the skill block; older history is cut first, skills never."""
     checkpoint_every: int = Field(10, ge=0)
     """Save weights, optimiser and RNG state every this many steps, so an interrupted run
@@ -58,10 +95,10 @@ class TrainSpec(Strict):
 class EvalSpec(Strict):
     every: int = Field(5, ge=1)
     """Evaluate before training and every this many steps (and after the last step)."""
-    panel: int = Field(128, ge=1)
+    panel: int = Field(128, ge=1, le=MAX_PANEL)
     """Size of the fixed test panel (the first N tasks of the eval split): every reported number
     is measured on it."""
-    valid_panel: int | None = Field(None, ge=0)
+    valid_panel: int | None = Field(None, ge=0, le=MAX_PANEL)
     """Size of the validation panel (the first N tasks of the ``valid`` split, disjoint from the
     test panel), evaluated alongside it; the best step is chosen on it and reported on the test
     panel. None: as large as ``panel``; 0: no validation panel, so no best-step table."""
@@ -83,9 +120,9 @@ class EvalSpec(Strict):
 class WarmStartSpec(Strict):
     enabled: bool = True
     """Supervised warm start on expert trajectories (tiny models only; ignored for pretrained)."""
-    episodes: int = Field(400, ge=1)
+    episodes: int = Field(400, ge=1, le=MAX_WARMSTART_EPISODES)
     """Expert episodes generated for the SFT data."""
-    steps: int = Field(300, ge=1)
+    steps: int = Field(300, ge=1, le=MAX_STEPS)
     """SFT optimiser steps; few enough that the policy stays mediocre and RL has room."""
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -100,7 +137,7 @@ class WarmStartSpec(Strict):
     learns to copy names (the skill every action needs) from the prompts' own repetitions
     ("You arrive at cabinet 1. The cabinet 1 is closed."), which are ten times more tokens
     than the responses; with response-only loss a 1M model had not learnt it after 1,200 steps."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Warm-start seed; None uses each run's seed (one warm start per seed)."""
 
 
@@ -111,7 +148,7 @@ class RunSpec(Strict):
     env_params: dict[str, Any] = {}
     method: str
     method_params: dict[str, Any] = {}
-    seed: int = 0
+    seed: Seed = 0
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     warmstart: WarmStartSpec = WarmStartSpec()
@@ -177,12 +214,13 @@ class Override(Strict):
 
 class SuiteSpec(Strict):
     name: str
-    """Suite name; results land in ``results/<name>/``."""
+    """Suite name; results land in ``results/<name>/``: letters, digits, ``-``, ``_`` and ``.``
+    (not only dots), at most 100 characters."""
     models: list[str] = Field(min_length=1)
     envs: list[str] = Field(min_length=1)
     methods: list[MethodEntry] = Field(min_length=1)
     """Method names, or ``{name: {param: value}}``; a list of values expands the grid."""
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1, max_length=MAX_SEEDS)
     env_params: dict[str, dict[str, Any]] = {}
     """Per-env engine settings, e.g. ``{alfworld: {max_turns: 10}}``."""
     train: TrainSpec = TrainSpec()
@@ -195,6 +233,18 @@ class SuiteSpec(Strict):
     tune: TuneField = None
     """A hyper-parameter search over one method (``sdar-bench tune``); ``run`` ignores it.
     Kept the last field: its check reads the fields validated before it."""
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG.fullmatch(value) or set(value) == {"."}:
+            length = f" ({len(value):,} characters)" if len(value) > MAX_NAME_LENGTH else ""
+            raise ValueError(
+                f"must be 1 to {MAX_NAME_LENGTH} letters, digits, '-', '_' or '.', not only "
+                f"dots, as it names the results folder (e.g. my-suite); got {_shown(value)}"
+                + length
+            )
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -209,6 +259,12 @@ class SuiteSpec(Strict):
         from sdar_bench.envs import ENVS
         from sdar_bench.registry import method_names, param_error
 
+        self._check_size()
+        if self.tune is not None and len(self.name) + len(BEST_SUFFIX) > MAX_NAME_LENGTH:
+            raise ValueError(
+                f"name: at most {MAX_NAME_LENGTH - len(BEST_SUFFIX)} characters in a suite with "
+                f"a tune: block (its best parameters are saved as the suite <name>{BEST_SUFFIX})"
+            )
         for env in self.envs:
             if env not in ENVS:
                 raise ValueError(f"envs: unknown env {env!r} (known: {', '.join(sorted(ENVS))})")
@@ -228,6 +284,27 @@ class SuiteSpec(Strict):
         self._check_distinct_runs()
         return self
 
+    def _check_size(self) -> None:
+        """At most MAX_RUNS runs, counted without expanding the grid (10^7 runs would take
+        minutes and gigabytes just to list)."""
+        combos = 0
+        for _, params in self.method_items():
+            combos += math.prod(len(v) if isinstance(v, list) else 1 for v in params.values())
+        factors = {
+            "models": len(self.models),
+            "envs": len(self.envs),
+            "methods": combos,
+            "seeds": len(self.seeds),
+        }
+        runs = math.prod(factors.values())
+        if runs > MAX_RUNS:
+            largest = max(factors, key=lambda axis: factors[axis])  # the field to blame
+            grid = " × ".join(f"{axis} {n:,}" for axis, n in factors.items())
+            raise ValueError(
+                f"{largest}: the suite expands to {runs:,} runs ({grid}), more than the cap of "
+                f"{MAX_RUNS:,}; list fewer values or split it into several suites"
+            )
+
     def _check_distinct_runs(self) -> None:
         """A grid that lists a value twice, or an empty list of values, is a mistake."""
         for name, params in self.method_items():
@@ -237,8 +314,8 @@ class SuiteSpec(Strict):
                         f"methods.{name}.{key}: empty list of values; give at least one"
                     )
         for axis in ("models", "envs", "seeds"):
-            values = getattr(self, axis)
-            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            counts = Counter(getattr(self, axis))  # one pass: a long list is not quadratic
+            twice = sorted(str(v) for v, n in counts.items() if n > 1)
             if twice:
                 raise ValueError(f"{axis}: {', '.join(twice)} listed twice; list each once")
         seen: set[str] = set()
@@ -258,6 +335,8 @@ class SuiteSpec(Strict):
         for i, override in enumerate(self.overrides):
             where = f"overrides.{i}"
             for axis, wanted in override.when.items():
+                if wanted == []:
+                    raise ValueError(f"{where}.when.{axis}: empty list; give at least one value")
                 for value in wanted if isinstance(wanted, list) else [wanted]:
                     if value not in axes[axis]:
                         raise ValueError(
@@ -268,16 +347,29 @@ class SuiteSpec(Strict):
                                   ("warmstart", self.warmstart), ("policy", self.policy)):  # fmt: skip
                 changes = getattr(override, section)
                 try:
-                    type(spec)(**{**spec.model_dump(), **changes})
+                    strict_validate(type(spec), {**spec.model_dump(mode="json"), **changes})
                 except ValidationError as exc:
                     raise ValueError(f"{where}.{section}.{describe(exc)}") from None
             matched = [n for n in names if override.matches(method=n, **_any_axis(override))]
-            for key in override.method_params:
-                if not any(key in get_method_class(n).Params.model_fields for n in matched):
+            for key, value in override.method_params.items():
+                owners = [n for n in matched if key in get_method_class(n).Params.model_fields]
+                if not owners:
                     raise ValueError(
                         f"{where}.method_params.{key}: no matched method has this parameter "
                         f"(matched: {', '.join(matched) or 'none'})"
                     )
+                if isinstance(value, list):
+                    raise ValueError(
+                        f"{where}.method_params.{key}: one value, not a list; a list of values "
+                        f"makes a grid only under methods (e.g. {{{owners[0]}: {{{key}: [a, b]}}}})"
+                    )
+                for owner in owners:
+                    try:
+                        get_method_class(owner).Params.model_validate({key: value})
+                    except ValidationError as exc:
+                        raise ValueError(
+                            f"{where}.method_params.{describe(exc)} (for {owner})"
+                        ) from None
 
     def method_items(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -351,18 +443,51 @@ def _expand(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class SpecError(ValueError):
-    """A user mistake in a suite file: one line naming the field and the fix."""
+    """A user mistake in a suite file: one line naming the field and the fix.
+
+    Characters that are not printable (a newline or an ANSI escape in a key or a value the
+    message quotes) are shown escaped, so the message stays one line and cannot drive the
+    terminal it is printed on.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+def printable(text: str) -> str:
+    """``text`` with each non-printable character (newline, ESC, bidi overrides) escaped the
+    way ``repr`` writes it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_SLUG = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME_LENGTH}}}")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _SuiteLoader(yaml.SafeLoader):
     """A safe loader that refuses a key given twice in one mapping: PyYAML keeps the last one
-    silently, so ``train:`` written twice would drop the first block's settings."""
+    silently, so ``train:`` written twice would drop the first block's settings. A merge key
+    (``<<: *base``) is not a duplicate of the keys it brings: a key of the mapping itself
+    overrides the merged one, as YAML defines merges."""
+
+
+# The same on libyaml's parser where PyYAML was built with it: several times faster. Its error
+# messages say less (no "'\t'" in "found character that cannot start any token"), so a file it
+# refuses is read again with the pure-Python parser for the message.
+_FastSuiteLoader: type[yaml.SafeLoader] = (
+    type("_FastSuiteLoader", (yaml.CSafeLoader,), {}) if yaml.__with_libyaml__ else _SuiteLoader
+)
 
 
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
+        if key_node.tag == _MERGE_TAG:
+            key: Any = "<<"  # two merge keys in one mapping are a duplicate like any other
+        else:
+            key = loader.construct_object(key_node, deep=True)
         try:
             duplicate = key in seen
             seen.add(key)
@@ -372,39 +497,158 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}; keep one", key_node.start_mark
             )
-    return loader.construct_mapping(node, deep=True)
+    return loader.construct_mapping(node, deep=True)  # merges first, then the mapping's own keys
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+for _loader in (_SuiteLoader, _FastSuiteLoader):
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 _SUITE_SHAPE = "a suite is a YAML mapping with at least name, models, envs, methods"
+
+
+def _check_yaml_size(text: str, loader: type[yaml.SafeLoader]) -> None:
+    """Refuse a document nested deeper than MAX_YAML_DEPTH, or holding more than MAX_YAML_VALUES
+    values once its aliases are expanded, before anything is built from it.
+
+    The composer recurses once per level (100,000 brackets end in a RecursionError), and an
+    alias bomb ("billion laughs": ten lines, each alias naming ten copies of the one before)
+    expands to 10^9 values wherever the suite is copied, hashed or printed. One pass over the
+    parser's events, which does not recurse, with each anchor's expanded size recorded when its
+    node closes: linear in the file, whatever its aliases expand to.
+    """
+    open_nodes: list[list[Any]] = []  # [anchor, values so far] of each open list or mapping
+    sizes: dict[str, int | None] = {}  # anchor → values it expands to (None: still open)
+    total = 0
+    for event in yaml.parse(text, Loader=loader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if len(open_nodes) == MAX_YAML_DEPTH:
+                raise ValueError(
+                    f"nested too deeply at line {line}: more than {MAX_YAML_DEPTH} levels of "
+                    "lists and mappings; check the brackets (a suite needs about five levels)"
+                )
+            if event.anchor is not None:
+                sizes[event.anchor] = None
+            open_nodes.append([event.anchor, 1])
+            continue
+        if isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            anchor, count = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+        elif isinstance(event, yaml.ScalarEvent):
+            count = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in sizes and sizes[event.anchor] is None:
+                raise ValueError(
+                    f"line {line}: the alias *{event.anchor} is inside the value it names "
+                    "(a cycle); copy the values instead"
+                )
+            count = sizes.get(event.anchor) or 1  # an undefined alias: the composer says so
+        else:
+            continue
+        if open_nodes:
+            open_nodes[-1][1] += count
+            reached = open_nodes[-1][1]
+        else:
+            total += count
+            reached = total
+        if reached > MAX_YAML_VALUES:
+            raise ValueError(
+                f"more than {MAX_YAML_VALUES:,} values with its aliases (*name) expanded, at "
+                f"line {line}; a suite holds a few hundred (is an alias repeated in a loop?)"
+            )
+
+
+def _load_yaml(text: str, loader: type[yaml.SafeLoader]) -> Any:
+    _check_yaml_size(text, loader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    try:
+        try:
+            return _load_yaml(text, _FastSuiteLoader)
+        except yaml.YAMLError as exc:
+            problem = exc
+        if _FastSuiteLoader is not _SuiteLoader:
+            try:
+                _load_yaml(text, _SuiteLoader)
+            except yaml.YAMLError as exc:
+                problem = exc  # the pure-Python parser's words
+    except ValueError as exc:  # _check_yaml_size
+        raise SpecError(f"{path}: {exc}") from None
+    mark = getattr(problem, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    raise SpecError(f"{path}: not valid YAML{where}: {getattr(problem, 'problem', problem)}")
+
+
+class _NotPlain(ValueError):
+    """A YAML value that is not text, a number, a boolean, null, a list or a mapping."""
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as JSON data; a date, a timestamp, ``!!binary`` or ``!!set`` is refused with
+    the field it is in (YAML reads an unquoted 2024-01-01 as a date)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not (key is None or isinstance(key, str | int | float | bool)):
+                _plain(key, f"{where}.{key}" if where else str(key))
+            out[key] = _plain(item, f"{where}.{key}" if where else str(key))
+        return out
+    if isinstance(value, list):
+        return [_plain(item, f"{where}.{i}") for i, item in enumerate(value)]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, datetime.date):  # datetime.datetime is a date too
+        raise _NotPlain(f"{where}: YAML reads {value} as a date; quote it to make it text")
+    raise _NotPlain(
+        f"{where}: a {type(value).__name__} (a YAML !!binary or !!set); use text, numbers, "
+        "lists and mappings"
+    )
+
+
+def strict_validate(model: type[BaseModel], data: Any) -> Any:
+    """``model`` validated from JSON data ``data`` in pydantic's strict mode.
+
+    Strict refuses what lax mode converts silently (``steps: true`` is 1, ``steps: "8"`` is 8),
+    in every nested model, also those whose own config is lax (policy options, env settings).
+    The data goes through JSON because strict JSON takes an array for a tuple field (YAML has
+    no tuples), where strict Python validation takes only a tuple.
+    """
+    return model.model_validate_json(json.dumps(data), strict=True)
 
 
 def load_suite(path: str | Path) -> SuiteSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such suite file")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)  # never more: the file may be huge or growing
+    if len(raw) > MAX_FILE_BYTES:
+        raise SpecError(
+            f"{path}: more than {MAX_FILE_BYTES:,} bytes (1 MiB), the cap for a suite file; "
+            "is it the right file?"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save it as UTF-8"
         ) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = _read_yaml(path, text)
     if data is None:
         raise SpecError(f"{path}: the file is empty; {_SUITE_SHAPE}")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: {_SUITE_SHAPE}, not a {_kind(data)}")
     try:
-        # model_validate, not SuiteSpec(**data): a YAML key such as 1 is not a keyword.
-        suite = SuiteSpec.model_validate(data)
-        problem = _env_params_problem(suite)
+        suite = strict_validate(SuiteSpec, _plain(data, ""))
+        problem = _runs_problem(suite)
+    except _NotPlain as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except ValidationError as exc:
         raise SpecError(f"{path}: {describe(exc)}") from None
     if problem:
@@ -412,21 +656,34 @@ def load_suite(path: str | Path) -> SuiteSpec:
     return suite
 
 
-def _env_params_problem(suite: SuiteSpec) -> str | None:
-    """The first env setting its engine rejects, checked here so that a typo in ``env_params``
-    is a one-line error naming the field, not a pydantic dump when the engine is built."""
+def _runs_problem(suite: SuiteSpec) -> str | None:
+    """The first setting of an expanded run that its env or its method refuses.
+
+    Checked per run, because a run's settings combine the suite's, the grid's and every
+    matching override's: an env setting is a one-line error naming the field here, not a
+    pydantic dump when the engine is built, and a method parameter is not a crash at step 0.
+    """
     from sdar_bench.envs import ENVS
+    from sdar_bench.registry import param_error
 
     seen: set[str] = set()
     for spec in suite.expand():
-        key = json.dumps([spec.env, spec.env_params], sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            ENVS[spec.env].Params(**spec.env_params)
-        except ValidationError as exc:
-            return describe(exc, prefix=f"env_params.{spec.env}")
+        env_key = json.dumps(["env", spec.env, spec.env_params], sort_keys=True)
+        if env_key not in seen:
+            seen.add(env_key)
+            try:
+                strict_validate(ENVS[spec.env].Params, spec.env_params)
+            except ValidationError as exc:
+                return describe(exc, prefix=f"env_params.{spec.env}")
+        method_key = json.dumps(["method", spec.method, spec.method_params], sort_keys=True)
+        if method_key not in seen:
+            seen.add(method_key)
+            problem = param_error(spec.method, spec.method_params)
+            if problem:
+                return (
+                    f"methods.{spec.method}: {problem} (in the run of {spec.model} on "
+                    f"{spec.env}, seed {spec.seed}, with the overrides that match it)"
+                )
     return None
 
 
@@ -438,10 +695,25 @@ _UNION_HINTS = {
 # Pydantic's tags for the members of a union (e.g. "str", "dict[str,nullable[...]]"); they are
 # part of an error's location but not a field a user wrote.
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}
+# A number YAML 1.1 reads as text: an exponent without a dot in the mantissa (1e-4) or without
+# a sign (1.0e5), or any number in quotes.
+_NUMBER = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))(?:[eE]([-+]?)(\d+))?\s*")
+
+
+_UNION_TAG = re.compile(r"[a-z-]+\[[a-z0-9_,\[\]-]*\]")
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+    return isinstance(part, str) and (part in _UNION_TAGS or _UNION_TAG.fullmatch(part) is not None)
+
+
+def _union_branch(err: dict[str, Any]) -> int | None:
+    """Where a union's member tag starts in the error's location, if anywhere. The key an
+    unknown-key error is about is the user's, whatever it looks like (``str``, ``x[1]``)."""
+    loc = list(err["loc"])
+    if err["type"] in ("extra_forbidden", "invalid_key"):
+        loc = loc[:-1]
+    return next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
 
 
 def _kind(value: object) -> str:
@@ -450,8 +722,38 @@ def _kind(value: object) -> str:
 
 
 def _shown(value: object) -> str:
+    """``value`` as repr writes it (control characters escaped), cut to 60 characters."""
     text = "nothing (null)" if value is None else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number_hint(kind: str, text: str) -> str | None:
+    """How to write ``text`` (a string that looks like a number) so YAML reads a number."""
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    mantissa, sign, exponent = match.groups()
+    if exponent is None:
+        return f"a quoted number is text; write {text.strip()} without quotes"
+    if kind == "int_type" and float(text).is_integer():
+        return f"write {int(float(text))}: YAML reads {text.strip()} as text"
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"write {mantissa}e{sign or '+'}{exponent}: YAML reads {text.strip()} as text"
+
+
+def _first_error(exc: ValidationError) -> dict[str, Any]:
+    """The error to report: the first one, except that a non-finite number among the members
+    of the same union is the clearer message (``choice: [.nan]`` is not text, nor a boolean)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = list(first["loc"])
+    branch = _union_branch(first)
+    if branch is not None:
+        for err in errors:
+            if err["type"] == "finite_number" and list(err["loc"])[:branch] == loc[:branch]:
+                return err
+    return first
 
 
 def describe(exc: ValidationError, prefix: str = "") -> str:
@@ -460,22 +762,53 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     ``prefix`` is the path of the model that raised, for models validated on their own (an
     env's settings under ``env_params.<env>``).
     """
-    err = exc.errors()[0]
+    err, loc = _located(exc)
+    field = ".".join(str(p) for p in [*([prefix] if prefix else []), *loc])
+    message = explain(exc)
+    # model-level checks name their field in the message
+    return printable(f"{field}: {message}" if field else message)
+
+
+def _located(exc: ValidationError) -> tuple[dict[str, Any], list[Any]]:
+    """The error to report and the location of the value it is about."""
+    err = _first_error(exc)
     loc = list(err["loc"])
-    branch = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+    branch = _union_branch(err)
     if branch is not None:
         loc = loc[:branch]  # the value matched no member of a union: name the value itself
-    field = ".".join(str(p) for p in [*([prefix] if prefix else []), *loc])
+    return err, loc
+
+
+def explain(exc: ValidationError) -> str:
+    """What is wrong with the first error's value and what to write instead, without the field."""
+    err, loc = _located(exc)
     message = err["msg"].removeprefix("Value error, ")
     kind, value = err["type"], err.get("input")
     scalar = value is None or isinstance(value, str | int | float | bool)
+    hint = _number_hint(kind, value) if isinstance(value, str) else None
+    in_union = len(loc) < len(err["loc"])
     if kind in ("extra_forbidden", "invalid_key"):
         message = "unknown key; remove it or check its spelling"
     elif kind == "missing":
         message = "required; add it"
-    elif branch is not None:
-        hint = _UNION_HINTS.get(str(loc[0]) if loc else "", "")
-        message = f"{hint or 'not a valid value'}; got {_shown(value)}"
+    elif kind == "finite_number":
+        message = f"must be a finite number; got {_shown(value)}"
+    elif kind in ("int_type", "float_type") and isinstance(value, bool):
+        wanted = "an integer" if kind == "int_type" else "a number"
+        message = f"should be {wanted}, not true or false; got {_shown(value)}"
+    elif kind == "int_type" and isinstance(value, float):
+        message = f"should be a whole number, written without a decimal point; got {value!r}"
+    elif kind in ("int_type", "float_type") and hint:
+        message = f"{message}; {hint}; got {_shown(value)}"
+    elif kind == "too_long" and "max_length" in err.get("ctx", {}):
+        ctx = err["ctx"]
+        message = (
+            f"{ctx['actual_length']:,} items, more than the cap of {ctx['max_length']:,}; "
+            "list fewer or split the suite into several"
+        )
+    elif in_union:
+        union_hint = _UNION_HINTS.get(str(loc[0]) if loc else "", "")
+        message = f"{union_hint or 'not a valid value'}; got {_shown(value)}"
     elif kind in ("model_type", "dict_type"):
         message = f"should be a mapping {{setting: value}}; got {_shown(value)}"
     elif kind == "list_type":
@@ -483,4 +816,4 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
         message = f"should be a list such as {example}; got {_shown(value)}"
     elif scalar and kind != "value_error":
         message = f"{message}; got {_shown(value)}"
-    return f"{field}: {message}" if field else message  # model-level checks name their field
+    return printable(message)

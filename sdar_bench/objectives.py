@@ -20,6 +20,7 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from sdar_bench.registry import MethodParams
 from sdar_bench.token_view import TokenView, agg
@@ -54,8 +55,8 @@ class TeacherParams(SkillParams):
     teacher: Literal["live", "frozen", "ema"] = "live"
     """Whose weights score the skill-augmented prompt: live = the rollout weights θ_old (as
     released), frozen = the initial weights, ema = an exponential moving average [choice]."""
-    ema_decay: float = 0.99
-    """Decay of the EMA teacher (used only when teacher == "ema") [choice]."""
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    """Decay of the EMA teacher in [0, 1) (used only when teacher == "ema") [choice]."""
 
 
 # --------------------------------------------------------------------------- advantages

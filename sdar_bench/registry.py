@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdar_bench.token_view import TokenView
 
@@ -24,16 +24,17 @@ ENTRY_POINT_GROUP = "sdar_bench.methods"
 class MethodParams(BaseModel):
     """Knobs every training method shares (SPEC §2). Unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML true or "8" is not silently 1 or 8.0; no .inf or .nan in any parameter.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    clip_eps: float = 0.2
-    """PPO clip range ε: the ratio is clipped to [1−ε, 1+ε]."""
-    dual_clip: float = 3.0
-    """Dual-clip constant c: for A < 0 the surrogate is capped at −A·c."""
-    c_kl: float = 0.01
-    """Weight of the k3 KL to the reference policy (SPEC uses 0.001 on Search-QA)."""
-    c_ent: float = 0.001
-    """Entropy bonus weight (subtracted from the loss)."""
+    clip_eps: float = Field(0.2, gt=0, lt=1)
+    """PPO clip range ε in (0, 1): the ratio is clipped to [1−ε, 1+ε]."""
+    dual_clip: float = Field(3.0, gt=1)
+    """Dual-clip constant c > 1: for A < 0 the surrogate is capped at −A·c."""
+    c_kl: float = Field(0.01, ge=0)
+    """Weight (≥ 0) of the k3 KL to the reference policy (SPEC uses 0.001 on Search-QA)."""
+    c_ent: float = Field(0.001, ge=0)
+    """Entropy bonus weight (≥ 0; subtracted from the loss)."""
 
 
 class Method:
@@ -127,13 +128,16 @@ def get_method(name: str, **params: Any) -> Method:
 
 def param_error(name: str, params: dict[str, Any]) -> str | None:
     """A one-line description of what is wrong with ``params`` for method ``name``, or None."""
+    from sdar_bench.config import explain
+
     try:
-        get_method_class(name).Params(**params)
+        get_method_class(name).Params.model_validate(params)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         allowed = ", ".join(get_method_class(name).Params.model_fields)
         if err["type"] == "extra_forbidden":
             return f"unknown parameter {field!r} (allowed: {allowed})"
-        return f"parameter {field!r}: {err['msg']}"
+        # worded as every other field's error: the value got, hints for YAML's surprises
+        return f"parameter {field!r}: {explain(exc)}"
     return None

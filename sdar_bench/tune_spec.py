@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -24,14 +25,24 @@ if TYPE_CHECKING:
 
 Scalar = str | bool | int | float | None
 """What a categorical choice may hold (what Optuna stores and YAML writes back unchanged)."""
+
+
+def _list_as_tuple(value: Any) -> Any:
+    # Strict validation takes only a tuple for a tuple field; YAML and JSON dumps give a list.
+    return tuple(value) if isinstance(value, list) else value
+
+
 # Aliases bound before Distribution: inside its body the field named ``int`` shadows the builtin.
-FloatRange = tuple[float, float]
-IntRange = tuple[int, int]
+FloatRange = Annotated[tuple[float, float], BeforeValidator(_list_as_tuple)]
+IntRange = Annotated[tuple[int, int], BeforeValidator(_list_as_tuple)]
+BEST_SUFFIX = "-best"
+"""``sdar-bench tune`` saves the best parameters as the suite ``<name>-best``."""
 
 
 class _Strict(BaseModel):
-    # The same rules as config.Strict; not imported from there to keep the import one-way.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The same rules as config.Strict (strict types, finite floats); not imported from there
+    # to keep the import one-way.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Distribution(_Strict):
@@ -88,7 +99,7 @@ class ObjectiveSpec(_Strict):
 
 class SamplerSpec(_Strict):
     name: Literal["tpe", "random"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, lt=2**31)
     """Seed of trial n's sampler is derived from (seed, n): reproducible with one worker,
     different across workers that share a study (a shared seed would repeat their draws)."""
     n_startup_trials: int = Field(10, ge=0)

@@ -412,3 +412,72 @@ def test_huge_well_formed_and_broken_responses(state: State) -> None:
         started = time.perf_counter()
         assert not parse_and_check(state, text, step=False).valid
         assert time.perf_counter() - started < 5.0
+
+
+# ---- suite files: any value in any field is a suite or a one-line SpecError --------------------
+_SUITE_FIELDS = (
+    "name", "models", "envs", "methods", "seeds", "train", "eval", "warmstart", "policy",
+    "env_params", "overrides", "tune", "train.steps", "train.lr", "eval.temperature",
+    "warmstart.lr", "policy.lora", "methods.0.sdar", "methods.0.sdar.beta",
+    "env_params.alfworld", "env_params.alfworld.max_turns", "overrides.0.when",
+    "overrides.0.method_params", "tune.space", "tune.space.beta",
+)  # fmt: skip
+_yaml_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+    | st.text(st.characters(codec="utf-8"), max_size=20)
+    | st.sampled_from(["1e-4", "8", ".inf", "..", "../x", "sdar", "grpo", "alfworld", "[]", "{}"])
+)  # fmt: skip
+_yaml_values = st.recursive(
+    _yaml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _set(data: dict, dotted: str, value: object) -> None:
+    *parents, last = dotted.split(".")
+    node: object = data
+    for part in parents:
+        if isinstance(node, list):
+            node = node[int(part)] if int(part) < len(node) else node[-1]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {} if not part.isdigit() else [])
+            if part == "overrides" and node == {}:
+                node = data["overrides"] = [{}]
+        else:
+            return
+    if isinstance(node, dict):
+        node[last] = value
+    elif isinstance(node, list) and node:
+        node[min(int(last), len(node) - 1) if last.isdigit() else -1] = value
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(_SUITE_FIELDS), _yaml_values), max_size=3))
+def test_any_value_in_a_suite_is_accepted_or_refused_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[str, object]]
+) -> None:
+    """Whatever a suite holds, load_suite gives a suite or one printable line naming the file:
+    never another exception (a crash with a traceback), never a newline or escape sequence."""
+    import yaml
+
+    from sdar_bench.config import SpecError, load_suite
+
+    data: dict = {
+        "name": "p", "models": ["tiny-qwen-1m"], "envs": ["alfworld"],
+        "methods": [{"sdar": {"beta": 5.0}}], "overrides": [{"when": {"env": "alfworld"}}],
+    }  # fmt: skip
+    for field, value in edits:
+        _set(data, field, value)
+    path = tmp_path_factory.mktemp("suite") / "suite.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        suite = load_suite(path)
+    except SpecError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ") and message.isprintable(), message
+        return
+    assert len(suite.expand()) >= 1

@@ -69,7 +69,7 @@ class Game(ABC):
 class EnvParams(BaseModel):
     """Settings every env has; engines subclass this with their own knobs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_turns: int = 50
     """Turns per episode before it ends unsolved."""

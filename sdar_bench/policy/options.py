@@ -19,7 +19,7 @@ LLAMA_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 class _Strict(BaseModel):
     # Frozen and closed like the run specs (config.py): a typo is an error, and an options
     # object can be part of a hashed run spec.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LoraOptions(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,73 @@ def load_qa(path: str | Path, param: str = "qa_path") -> list[QAItem]:
     if not items:
         raise ValueError(f"{source}: no questions")
     return items
+
+
+def qa_file_problem(path: str | Path) -> str | None:
+    """What makes an existing QA file unreadable, with the line of the first bad row; None for a
+    readable file, and for a missing one (the data check of ``plan`` and ``run`` reports that).
+
+    Checked when a suite is loaded, so a wrong file is one line before any work rather than a
+    traceback when the first task is drawn. Remembered per file version: the env settings are
+    validated again each time an env is built.
+    """
+    found = Path(path).expanduser()
+    if not found.is_file():
+        return None
+    stat = found.stat()
+    problem = _qa_file_problem(str(found.resolve()), stat.st_mtime_ns, stat.st_size)
+    return None if problem is None else f"{path}: {problem}"  # the path as the suite gives it
+
+
+_QA_ROW = "an object with 'question' and 'golden_answers' (Search-R1 format)"
+
+
+@lru_cache(maxsize=16)
+def _qa_file_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    source = Path(path)
+    if source.suffix == ".parquet":
+        # Reading it needs pandas and pyarrow; the magic number catches a file of another kind.
+        with source.open("rb") as handle:
+            head = handle.read(4)
+        return None if head == b"PAR1" else "not a parquet file (no PAR1 header)"
+    try:
+        if source.suffix == ".json":
+            try:
+                rows = json.loads(source.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                return f"line {exc.lineno}: not JSON ({exc.msg})"
+            if not isinstance(rows, list):
+                return "a .json question file holds a list of objects"
+            numbered: Iterable[tuple[str, Any]] = ((f"item {i}", r) for i, r in enumerate(rows))
+        else:
+            numbered = _numbered_json_lines(source)
+        count = 0
+        for where, row in numbered:
+            if not isinstance(row, dict) or "question" not in row or not _answers(row):
+                return f"{where}: not {_QA_ROW}"
+            count += 1
+    except _BadLine as exc:
+        return str(exc)
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte offset {exc.start}); save it as UTF-8 JSON lines"
+    return None if count else "no questions"
+
+
+class _BadLine(ValueError):
+    pass
+
+
+def _numbered_json_lines(path: Path) -> Iterable[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield f"line {number}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise _BadLine(
+                        f"line {number}: not a JSON line ({exc.msg}); a QA file holds "
+                        f"one JSON object per line, {_QA_ROW}"
+                    ) from None
 
 
 def balanced_order(items: Sequence[QAItem]) -> list[QAItem]:

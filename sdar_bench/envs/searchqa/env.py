@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from functools import cached_property
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,7 +27,13 @@ from sdar_bench.envs.base import (
     words,
 )
 from sdar_bench.envs.parsing import ParsedTurn, normalize_command, parse_tagged
-from sdar_bench.envs.searchqa.data import QAItem, balanced_order, load_corpus, load_qa
+from sdar_bench.envs.searchqa.data import (
+    QAItem,
+    balanced_order,
+    load_corpus,
+    load_qa,
+    qa_file_problem,
+)
 from sdar_bench.envs.searchqa.engine import (
     ANSWER,
     ANSWERED_TEXT,
@@ -119,6 +126,28 @@ class SearchQAParams(EnvParams):
     heldout_share: float = Field(0.25, ge=0.0, lt=1.0)
     """Offline world: share of entities that only evaluation questions name, so an eval answer
     cannot be learnt by heart from training questions (0: every split names every entity)."""
+
+    @field_validator("retriever_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            shown = repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
+            raise ValueError(
+                "must be an http:// or https:// URL of a Search-R1 retrieval server, such as "
+                f"http://127.0.0.1:8000; got {shown}"
+            )
+        return value
+
+    @field_validator("qa_path", "train_qa_path")
+    @classmethod
+    def _readable_questions(cls, value: str | None) -> str | None:
+        problem = None if value is None else qa_file_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("data_sources")
     @classmethod
