@@ -169,7 +169,13 @@ def _cost(spec: RunSpec, env: Env, params: float) -> tuple[float, int]:
     # generation 2N, reference 2N, teacher 2N, update 6N per epoch (forward + backward)
     passes = 2 + 2 + (2 if method.needs_teacher else 0) + 6 * spec.train.ppo_epochs
     evals = 1 + (spec.train.steps // spec.eval.every if method.trains else 0)
-    eval_tokens = evals * len(method.eval_skill_modes) * spec.eval.panel * turns * tokens_per_turn
+    eval_tokens = (
+        evals
+        * len(method.eval_skill_modes)
+        * (spec.eval.panel + spec.eval.valid_size)
+        * turns
+        * tokens_per_turn
+    )
     flops = params * (passes * train_tokens + 2 * eval_tokens)
     rollouts = (spec.train.steps if method.trains else 0) + evals * len(method.eval_skill_modes)
     return flops, rollouts * turns * spec.train.max_new_tokens

@@ -442,6 +442,9 @@ def _set(data: dict, dotted: str, value: object) -> None:
     node: object = data
     for part in parents:
         if isinstance(node, list):
+            # an earlier edit may have replaced the list, or emptied it: the field is gone
+            if not node or not part.isdigit():
+                return
             node = node[int(part)] if int(part) < len(node) else node[-1]
         elif isinstance(node, dict):
             node = node.setdefault(part, {} if not part.isdigit() else [])
