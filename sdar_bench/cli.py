@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from sdar_bench.quiet import quiet_libraries
+
 if TYPE_CHECKING:
     from sdar_bench.config import SuiteSpec
     from sdar_bench.tracking import SuiteTracker
@@ -48,17 +50,6 @@ WaitOption = Annotated[
     ),
 ]
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
-
-
-def quiet_libraries() -> None:
-    """Our progress bars are the ones a user reads: silence the libraries' own."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def _fail(message: str) -> None:
