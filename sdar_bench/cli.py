@@ -189,10 +189,9 @@ def run(
 ) -> None:
     """Run every unfinished run of a suite, then print and write its comparison table.
 
-    Re-running the same command skips finished runs and resumes unfinished ones from their
-    last checkpoint. Everything a run needs (weights, data, a writable results folder, the
-    tracking store) is checked first. Exit code: 0 every run finished, 1 some run failed or
-    crashed (the table is still written), 2 bad input, 130 interrupted.
+    Re-running the same command skips finished runs and resumes unfinished ones from their last checkpoint. Everything a run needs (weights, data, a writable results folder, the tracking store) is checked first.
+
+    Exit code: 0 every run finished, 1 some run failed or crashed (the table is still written), 2 bad input, 130 interrupted.
     """
     from sdar_bench.plan import preflight
     from sdar_bench.suite import EXECUTORS, FolderHoldsAnotherSuite, record_suite, run_suite
@@ -333,7 +332,7 @@ def plan(
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:
-        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
 
@@ -690,9 +689,7 @@ def tune(
 ) -> None:
     """Search one method's parameters with Optuna over the suite's runs (its tune: block).
 
-    Start the same command on several machines with one --storage to share the study; run it
-    again to resume. Writes best_params.yaml (a suite for `sdar-bench run`), trials.csv,
-    trials.md and plots/ into <results>/tune/.
+    Start the same command on several machines with one --storage to share the study; run it again to resume. Writes best_params.yaml (a suite for `sdar-bench run`), trials.csv, trials.md and plots/ into <results>/tune/.
     """
     from sdar_bench.tune import TuneError, tune_suite
 

@@ -112,9 +112,9 @@ def _check_store(client: MlflowClient, suite: SuiteTracker) -> None:
             "gap/by_turn/0",
             "gap/by_turn/1",
             "eval/SDAR/success/all",
-            "eval/Skill-Prompt_/success/all",
+            "eval/Skill-Prompt with skills/success/all",
         }
-        evals = client.get_metric_history(run_id, "eval/Skill-Prompt_/success/all")
+        evals = client.get_metric_history(run_id, "eval/Skill-Prompt with skills/success/all")
         assert [(m.step, m.value) for m in evals] == [(3, 20.0)]
         artifacts = sorted(a.path for a in client.list_artifacts(run_id))
         assert artifacts == ["manifest.json", "result.json", "spec.yaml"]
@@ -273,7 +273,7 @@ def test_flattening() -> None:
     params = flatten_params({"train": {"lr": 5e-4, "opt": {"name": "adam"}}, "s": "x" * 7000})
     assert params == {"train.lr": "0.0005", "train.opt.name": "adam", "s": "x" * 6000}
     assert flatten_metrics({"a": {"b": 1, "c": [1.0]}, "n": None, "i": -math.inf}) == {"a/b": 1.0}
-    assert sanitize_key("eval/Skill-Prompt*/success@1") == "eval/Skill-Prompt_/success_1"
+    assert sanitize_key("eval/Skill-Prompt*/success@1") == "eval/Skill-Prompt with skills/success_1"
     assert sanitize_key("/a//b/../c/") == "a/b/c"
     assert len(sanitize_key("k" * 300)) == 250
 
