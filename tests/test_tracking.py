@@ -26,6 +26,7 @@ from sdar_bench.tracking import (
     ui_command,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
     "suite": "unit",
     "model": "tiny-qwen-1m",
@@ -290,3 +291,44 @@ def test_the_validation_panel_logs_under_its_own_keys() -> None:
     assert _eval_metrics({"step": 4, "label": "SDAR", "success/all": 5.0}) == {
         "eval/SDAR/success/all": 5.0
     }  # rows written before the validation panel existed
+
+
+def test_sdar_bench_run_logs_tables_and_plots_on_the_suite_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the command line, as a user runs it: the parent (suite) run holds the tables and
+    plots, and a with-skills row keeps a readable key."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from sdar_bench.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    quickstart = yaml.safe_load((ROOT / "suites" / "quickstart.yaml").read_text())
+    suite = {
+        **quickstart,
+        "name": "artifacts",
+        "methods": ["vanilla", "skill_prompt"],  # evaluation only: seconds, not minutes
+        "seeds": [0],
+        "eval": {"panel": 2, "valid_panel": 2},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["run", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("artifacts")
+    assert experiment is not None
+    [parent] = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sdar_bench.role` = 'suite'"
+    )
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == [
+        "plots", "table.csv", "table.md", "table.tex",
+    ]  # fmt: skip
+    plots = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "plots"))
+    assert plots == sorted(f"plots/{p.name}" for p in (out / "plots").iterdir())
+    [child] = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.run_id LIKE '%skill_prompt%'"
+    )
+    assert "eval/Skill-Prompt with skills/success/all" in child.data.metrics
