@@ -332,7 +332,8 @@ def plan(
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:
-        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False)
+        # one line per problem, however long: a list to read or grep, as the errors are
+        console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
 

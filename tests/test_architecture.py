@@ -37,7 +37,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("contract", ("sdar_bench", "sdar_bench.registry", "sdar_bench.objectives")),
-    ("components", ("sdar_bench.envs", "sdar_bench.skills", "sdar_bench.policy", "methods")),
+    # the components, lowest first: an engine's vocabulary holds its skill texts, and the tiny
+    # tokenizers' corpus is the envs' vocabulary
+    ("skills and methods", ("sdar_bench.skills", "methods")),
+    ("envs", ("sdar_bench.envs",)),
+    ("policy", ("sdar_bench.policy",)),
     ("config", ("sdar_bench.config", "sdar_bench.tune_spec")),
     ("trainer", ("sdar_bench.rollout", "sdar_bench.trainer", "sdar_bench.warmstart")),
     ("run", ("sdar_bench.run", "sdar_bench.checkpoint", "sdar_bench.tracking")),
@@ -173,3 +177,20 @@ def test_imports_point_down() -> None:
         if layer_of(dst) > layer_of(src)
     )
     assert upward == []
+
+
+def test_lazy_exports_resolve_and_match_all() -> None:
+    """The packages that export lazily (PEP 562) list every name in ``__all__`` and each one
+    loads: a name added to one table but not the other would fail only at a user's import."""
+    import importlib
+
+    for name in ("sdar_bench", "sdar_bench.policy"):
+        package = importlib.import_module(name)
+        assert sorted(package.__all__) == sorted(package._LAZY), name
+        for attr in package.__all__:
+            assert getattr(package, attr) is not None
+    from sdar_bench import TokenView, get_method
+    from sdar_bench.registry import get_method as registry_get_method
+    from sdar_bench.token_view import TokenView as ViewClass
+
+    assert (TokenView, get_method) == (ViewClass, registry_get_method)

@@ -98,7 +98,8 @@ def test_help_texts_are_wrapped_by_rich_not_by_hand() -> None:
 def test_plan_of_243_runs_fits_80_columns_with_whole_ids() -> None:
     result = cli("plan", "suites/paper_table.yaml")
     lines = result.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80
+    # what is missing is one line per problem, however long (grep-able, like the errors)
+    assert max(len(line) for line in lines if not line.startswith("missing: ")) <= 80
     listed = json.loads(cli("plan", "suites/paper_table.yaml", "--format", "json").stdout)
     assert len(listed) == 243
     # every short id (the run id without model and env) is whole on one table line, once per run

@@ -126,8 +126,16 @@ def test_gate_panels_are_drawn_on_the_unit_interval() -> None:
     """A constant gate of 0.500–0.503 must read as flat, not as a zoomed jagged line."""
     steps = pd.DataFrame.from_records(
         [
-            {"model": "m", "env": "alfworld", "label": "SDAR", "seed": 0, "step": s,
-             "gate/mean": 0.5 + 0.001 * (s % 3), "gate/active_ratio": 0.5, "entropy/mean": 1.0}
+            {
+                "model": "m",
+                "env": "alfworld",
+                "label": "SDAR",
+                "seed": 0,
+                "step": s,
+                "gate/mean": 0.5 + 0.001 * (s % 3),
+                "gate/active_ratio": 0.5,
+                "entropy/mean": 1.0,
+            }
             for s in range(1, 9)
         ]  # fmt: skip
     )
