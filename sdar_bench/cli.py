@@ -821,20 +821,25 @@ def compare(
     groups: dict[tuple[str, str], list] = {}
     for row in rows:
         groups.setdefault((row.model, row.env), []).append(row)
+    heads = ["method", "metric", "which", "n", "Δ [95% CI]", "p", "P(A>B)", "paired"]
     for (model, env), members in groups.items():
-        table = Table(title=escape(f"{model} · {env}: Δ vs {members[0].baseline} (test panel)"))
-        for head in ("method", "metric", "which", "n", "Δ [95% CI]", "p", "P(A>B)", "paired"):
-            table.add_column(head, justify="left" if head in ("method", "metric") else "right")
+        rows: list[dict[str, str]] = []
         for c in members:
             interval = "" if c.ci_low != c.ci_low else f" [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
             delta = f"{c.delta:+.1f}{interval}"
-            table.add_row(
+            rows.append(dict(zip(heads, [
                 escape(c.method), c.metric, c.which, str(c.n),
                 f"[bold]{delta}[/]" if c.significant else delta,
                 "–" if c.p_value != c.p_value else f"{c.p_value:.3f}",
                 f"{c.prob_improvement:.2f}", c.pairing,
-            )  # fmt: skip
-        console.print(table)
+            ], strict=True)))  # fmt: skip
+        console.print(
+            f"[bold]{escape(model)} · {escape(env)}[/]: Δ vs {escape(members[0].baseline)} "
+            "(test panel)",
+            highlight=False,
+        )
+        for table in _fitted_tables("", heads, rows, right=tuple(heads[2:])):
+            console.print(table)
     console.print(
         "bold: the interval excludes 0. With n seeds the sign-flip p cannot fall below 2/2^n "
         "(n = 5: 0.0625)."

@@ -206,3 +206,11 @@ def test_python_dash_m_runs_the_cli() -> None:
         [sys.executable, "-m", "sdar_bench", "--help"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0 and "Usage: sdar-bench" in result.stdout
+
+
+def test_compare_table_fits_80_columns_with_labels_and_intervals_whole(results: Path) -> None:
+    text = cli("compare", str(results)).stdout
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [c.strip() for line in lines if line.startswith("│ ") for c in line.split("│")[1:-1]]
+    assert {"SDAR [beta=1.0]", "+9.0 [-29.1, +47.1]", "+10.0 [+10.0, +10.0]"} <= set(cells)
