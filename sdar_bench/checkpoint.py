@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sdar_bench.trainer import RunState
+if TYPE_CHECKING:
+    from sdar_bench.trainer import RunState
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

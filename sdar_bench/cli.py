@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import Progress, TaskID
 from rich.table import Table
+from rich.text import Text
+
+from sdar_bench.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from sdar_bench.config import SuiteSpec
@@ -48,17 +52,6 @@ WaitOption = Annotated[
     ),
 ]
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
-
-
-def quiet_libraries() -> None:
-    """Our progress bars are the ones a user reads: silence the libraries' own."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def _fail(message: str) -> None:
@@ -104,6 +97,64 @@ def _open_tracker(
         raise  # unreachable: _fail exits
 
 
+FORMATS = ("table", "json", "csv")
+FormatOption = Annotated[str, typer.Option("--format", help="table, json or csv.")]
+WIDE_CELL = 40  # a free-text column wider than this wraps on words instead of widening
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        _fail(f"--format: unknown format {fmt!r} (choose {', '.join(FORMATS)})")
+
+
+def _fitted_tables(
+    title: str,
+    columns: list[str],
+    rows: list[dict[str, str]],
+    keys: int = 1,
+    width: int | None = None,
+    right: tuple[str, ...] = (),
+) -> list[Table]:
+    """Rows (rich markup allowed) as one or more tables that fit ``width`` columns.
+
+    The first ``keys`` columns (ids, row labels) are never wrapped and repeat in every table;
+    the other columns are split over as many tables as the width needs, the way a wide data
+    frame prints, so a cell is never cut to ``tiny…``. Text wider than ``WIDE_CELL`` wraps on
+    words within its column.
+    """
+    width = width or console.width
+
+    def needed(col: str) -> int:
+        cells = [Text.from_markup(r.get(col, "")).cell_len for r in rows]
+        return max([len(col), *cells])
+
+    key_cols, rest = columns[:keys], columns[keys:]
+    key_width = sum(needed(c) + 3 for c in key_cols) + 1
+    chunks: list[list[str]] = [[]]
+    used = key_width
+    for col in rest:
+        cost = min(needed(col), WIDE_CELL) + 3
+        if chunks[-1] and used + cost > width:
+            chunks.append([])
+            used = key_width
+        chunks[-1].append(col)
+        used += cost
+    tables = []
+    for i, chunk in enumerate(chunks):
+        suffix = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        table = Table(title=title + suffix if title or suffix else None)
+        for col in key_cols:
+            table.add_column(col, no_wrap=True, min_width=needed(col))
+        for col in chunk:
+            table.add_column(
+                col, justify="right" if col in right else "left", max_width=max(WIDE_CELL, len(col))
+            )
+        for row in rows:
+            table.add_row(*(row.get(c, "") for c in [*key_cols, *chunk]))
+        tables.append(table)
+    return tables
+
+
 def _load(suite_file: Path) -> SuiteSpec:
     from sdar_bench.config import SpecError, load_suite
 
@@ -138,10 +189,9 @@ def run(
 ) -> None:
     """Run every unfinished run of a suite, then print and write its comparison table.
 
-    Re-running the same command skips finished runs and resumes unfinished ones from their
-    last checkpoint. Everything a run needs (weights, data, a writable results folder, the
-    tracking store) is checked first. Exit code: 0 every run finished, 1 some run failed or
-    crashed (the table is still written), 2 bad input, 130 interrupted.
+    Re-running the same command skips finished runs and resumes unfinished ones from their last checkpoint. Everything a run needs (weights, data, a writable results folder, the tracking store) is checked first.
+
+    Exit code: 0 every run finished, 1 some run failed or crashed (the table is still written), 2 bad input, 130 interrupted.
     """
     from sdar_bench.plan import preflight
     from sdar_bench.suite import EXECUTORS, FolderHoldsAnotherSuite, record_suite, run_suite
@@ -202,29 +252,63 @@ def run(
 def plan(
     suite_file: Annotated[Path, typer.Argument(help="Suite YAML to expand.")],
     results: ResultsOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
-    """Print the runs a suite expands to, what each needs, and a rough cost; loads no model."""
+    """Print the runs a suite expands to, what each needs, and a rough cost; loads no model.
+
+    The table shows one block per model and env, each run by its short id (method, seed, hash; the folder under runs/ is <model>__<env>__<short id>); what every run of a block shares is printed once under it. --format json or csv prints one row per run with its full id.
+    """
     from sdar_bench.plan import plan_suite, preflight
 
+    _check_format(fmt)
     suite = _load(suite_file)
     out = results or Path("results") / suite.name
     plans = plan_suite(suite, out)
-    table = Table(title=f"{suite.name}: {len(plans)} runs → {out}")
-    for head in ("run", "state", "weights", "warm start", "data", "device", "est. time"):
-        table.add_column(head, overflow="fold")
+    records: list[dict[str, object]] = []
     for p in plans:
-        weights = (
-            "[green]present[/]" if p.model.present else f"[red]missing[/]: {p.model.how_to_get}"
-        )
+        seconds = p.seconds if p.state != "finished" and p.seconds == p.seconds else None
+        records.append({
+            "run_id": p.spec.run_id, "model": p.spec.model, "env": p.spec.env,
+            "method": p.spec.method, "seed": p.spec.seed, "state": p.state,
+            "weights": "present" if p.model.present else f"missing: {p.model.how_to_get}",
+            "warm_start": p.warmstart, "warm_start_seconds": p.warmstart_seconds or None,
+            "data": p.data, "data_ok": p.data_ok, "device": "GPU" if p.needs_gpu else "CPU",
+            "est_seconds": seconds,
+        })  # fmt: skip
+    if fmt != "table":
+        _emit(records, fmt, "", list(records[0]) if records else ["run_id"])
+        return
+    console.print(f"[bold]{escape(suite.name)}[/]: {len(plans)} runs → {escape(str(out))}")
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for p, record in zip(plans, records, strict=True):
         warm = p.warmstart
         if warm == "to train":
             warm = f"[yellow]to train[/] (~{_duration(p.warmstart_seconds)} on 2 cores)"
-        data = p.data if p.data_ok else f"[red]{p.data}[/]"
-        table.add_row(
-            p.spec.run_id, p.state, weights, warm, data, "GPU" if p.needs_gpu else "CPU",
-            _duration(p.seconds) if p.state != "finished" and p.seconds == p.seconds else "–",
-        )  # fmt: skip
-    console.print(table)
+        groups.setdefault((p.spec.model, p.spec.env), []).append({
+            "run": escape(p.spec.run_id.split("__", 2)[-1]),
+            "state": escape(p.state),
+            "weights": "[green]present[/]" if p.model.present
+            else f"[red]missing[/]: {escape(p.model.how_to_get)}",
+            "warm start": warm,
+            "data": escape(p.data) if p.data_ok else f"[red]{escape(p.data)}[/]",
+            "device": str(record["device"]),
+            "est. time": "–" if record["est_seconds"] is None
+            else _duration(float(record["est_seconds"])),  # type: ignore[arg-type]
+        })  # fmt: skip
+    heads = ["run", "state", "weights", "warm start", "data", "device", "est. time"]
+    for (model, env), rows in groups.items():
+        shared = [h for h in heads[1:] if len({r[h] for r in rows}) == 1 and len(rows) > 1]
+        varying = [h for h in heads if h not in shared]
+        console.print(
+            f"[bold]{escape(model)} · {escape(env)}[/]: {len(rows)} runs", highlight=False
+        )
+        for table in _fitted_tables("", varying, rows, right=("est. time",)):
+            console.print(table)
+        if shared:
+            console.print(
+                "every run above: " + "; ".join(f"{h} {rows[0][h]}" for h in shared),
+                highlight=False,
+            )
     left = [p for p in plans if p.state != "finished"]
     gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
     cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
@@ -248,6 +332,7 @@ def plan(
     )
     problems = preflight(suite, out, needs_gpu_ok=True, uri=os.environ.get("MLFLOW_TRACKING_URI"))
     for problem in problems:
+        # one line per problem, however long: a list to read or grep, as the errors are
         console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
@@ -333,15 +418,46 @@ def warmstart(
 def report(
     results_dir: Annotated[Path, typer.Argument(help="A suite's results directory.")],
     wait: WaitOption = False,
+    fmt: FormatOption = "table",
 ) -> None:
-    """Rebuild table.md, table.csv, table.tex and plots/ from a results directory; print them."""
+    """Rebuild table.md, table.csv, table.tex and plots/ from a results directory; print them.
+
+    --format json or csv prints the tables' rows instead (one per which, model, env and row label: n, each metric's mean, interval and the paper's number, the Δ vs GRPO).
+    """
+    _check_format(fmt)
     if not (results_dir / "runs").is_dir():
         _fail(f"{results_dir}: no runs/ folder here; pass the directory `sdar-bench run` wrote")
     with ExitStack() as stack:
         # a read-only folder (OSError): no process can write there, so there is nothing to lock
         with suppress(OSError):
             _lock_folder(stack, results_dir, wait)
-        _print_report(results_dir)
+        if fmt == "table":
+            _print_report(results_dir)
+        else:
+            _emit_report_rows(results_dir, fmt)
+
+
+def _emit_report_rows(results_dir: Path, fmt: str) -> None:
+    """The tables' rows (``report.table.to_records``) on stdout; the files are rebuilt too."""
+    import math
+
+    from sdar_bench.report.results import ResultsError
+    from sdar_bench.report.table import build_report, to_records, write_report
+
+    try:
+        try:
+            report = write_report(results_dir)
+        except OSError:  # a read-only folder: the rows can still be printed
+            report = build_report(results_dir)
+    except ResultsError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    frame = to_records(report)
+    rows = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
+    _emit(rows, fmt, "", [str(c) for c in frame.columns])
 
 
 def _print_report(results_dir: Path) -> None:
@@ -377,23 +493,33 @@ def _print_report(results_dir: Path) -> None:
         return
     for (env, which), frame in report.tables.items():
         columns = report.columns[env]
-        table = Table(
-            title=f"{env}: test panel, {which_title(which, report.selection).lower()} "
-            "(mean [95% interval] over seeds; Δ paired by seed)"
-        )
-        for head in ["model", "method", "n", *(c.split("/", 1)[-1] for c in columns), "Δ vs GRPO"]:
-            table.add_column(head, justify="left" if head in ("model", "method") else "right")
+        heads = ["method", "n", *(c.split("/", 1)[-1] for c in columns), "Δ vs GRPO"]
+        by_model: dict[str, list[dict[str, str]]] = {}
         for _, row in frame.iterrows():
             delta = row["delta"]
             shown = "ref" if row["label"] == "GRPO" else "–"
             if delta is not None and not isinstance(delta, float):
                 shown = format_delta(delta)
                 shown = f"[bold]{shown}[/]" if delta.significant else shown
-            table.add_row(
-                escape(str(row["model"])), escape(str(row["label"])), str(row["n"]),
-                *(row[c].text() for c in columns), shown,
-            )  # fmt: skip
-        console.print(table)
+            cells = [row[c].text() for c in columns]
+            by_model.setdefault(str(row["model"]), []).append(
+                dict(
+                    zip(
+                        heads,
+                        [escape(str(row["label"])), str(row["n"]), *cells, shown],
+                        strict=True,
+                    )
+                )
+            )
+        for model, rows in by_model.items():
+            console.print(
+                f"[bold]{escape(model)} · {env}[/]: test panel, "
+                f"{which_title(which, report.selection).lower()} "
+                "(mean [95% interval] over seeds; Δ paired by seed)",
+                highlight=False,
+            )
+            for table in _fitted_tables("", heads, rows, keys=2, right=tuple(heads[1:])):
+                console.print(table)
     for setting in report.teacher_quality:
         console.print(f"teacher quality — {setting}")
     plots: list[Path] = []
@@ -451,41 +577,78 @@ def ui(
     os.execv(argv[0], argv)
 
 
+def _print_records(
+    title: str, records: list[dict[str, object]], name: str, lines: list[str]
+) -> None:
+    """One block per record: its name in bold, then each field on its own wrapped line.
+
+    For lists whose free text (descriptions, parameter defaults) would not fit the columns of
+    a table at 80 characters: nothing is cut, and a line wraps on words.
+    """
+    console.print(f"[bold]{escape(title)}[/]", highlight=False)
+    for record in records:
+        console.print(f"\n[bold]{escape(str(record[name]))}[/]", highlight=False)
+        for field in lines:
+            value = record.get(field)
+            if value not in (None, "", "–"):
+                console.print(
+                    Padding(f"{field}: {escape(str(value))}", (0, 0, 0, 2)), highlight=False
+                )
+
+
 @app.command()
-def methods() -> None:
+def methods(fmt: FormatOption = "table") -> None:
     """List the registered methods with their defaults and a one-line description."""
     from sdar_bench.registry import get_method_class, method_names
 
-    table = Table(title="methods (entry-point group sdar_bench.methods)")
-    for head in ("name", "row", "trains", "teacher", "parameters (defaults)", "description"):
-        table.add_column(head)
+    _check_format(fmt)
+    records: list[dict[str, object]] = []
     for name in method_names():
         cls = get_method_class(name)
-        defaults = ", ".join(f"{k}={v}" for k, v in cls.Params().model_dump().items())
-        table.add_row(
-            name, cls.label, "yes" if cls.trains else "no", "yes" if cls.needs_teacher else "no",
-            defaults if cls.trains else "–", cls.description,
-        )  # fmt: skip
-    console.print(table)
+        defaults = cls.Params().model_dump(mode="json") if cls.trains else {}
+        records.append({
+            "name": name, "row": cls.label, "trains": cls.trains, "teacher": cls.needs_teacher,
+            "description": cls.description,
+            "parameters": ", ".join(f"{k}={v}" for k, v in defaults.items()) or "–",
+        })  # fmt: skip
+    if fmt != "table":
+        _emit(records, fmt, "", list(records[0]))
+        return
+    shown = [
+        {**r, "trains": "yes" if r["trains"] else "no", "teacher": "yes" if r["teacher"] else "no"}
+        for r in records
+    ]
+    _print_records(
+        "methods (entry-point group sdar_bench.methods)",
+        shown,
+        "name",
+        ["row", "trains", "teacher", "description", "parameters"],
+    )
 
 
 @app.command()
-def envs() -> None:
+def envs(fmt: FormatOption = "table") -> None:
     """List the environments: engines, task types, default settings, how to use real data."""
     from sdar_bench.envs import ENVS
 
-    table = Table(
-        title="environments (offline engines ship with the package; panels are generated, any size)"
-    )
-    for head in ("name", "task types", "defaults", "real data", "description"):
-        table.add_column(head)
+    _check_format(fmt)
+    records: list[dict[str, object]] = []
     for name, cls in sorted(ENVS.items()):
-        defaults = ", ".join(
-            f"{k}={v}" for k, v in cls.Params().model_dump().items() if v is not None
-        )
-        real = cls.real_data or "not yet (offline engine only)"
-        table.add_row(name, ", ".join(cls.task_types), defaults, real, cls.description)
-    console.print(table)
+        defaults = cls.Params().model_dump(mode="json")
+        records.append({
+            "name": name, "task_types": ", ".join(cls.task_types), "description": cls.description,
+            "defaults": ", ".join(f"{k}={v}" for k, v in defaults.items() if v is not None),
+            "real_data": cls.real_data or "not yet (offline engine only)",
+        })  # fmt: skip
+    if fmt != "table":
+        _emit(records, fmt, "", list(records[0]))
+        return
+    _print_records(
+        "environments (offline engines ship with the package; panels are generated, any size)",
+        records,
+        "name",
+        ["description", "task_types", "defaults", "real_data"],
+    )
 
 
 @app.command()
@@ -527,9 +690,7 @@ def tune(
 ) -> None:
     """Search one method's parameters with Optuna over the suite's runs (its tune: block).
 
-    Start the same command on several machines with one --storage to share the study; run it
-    again to resume. Writes best_params.yaml (a suite for `sdar-bench run`), trials.csv,
-    trials.md and plots/ into <results>/tune/.
+    Start the same command on several machines with one --storage to share the study; run it again to resume. Writes best_params.yaml (a suite for `sdar-bench run`), trials.csv, trials.md and plots/ into <results>/tune/.
     """
     from sdar_bench.tune import TuneError, tune_suite
 
@@ -570,9 +731,6 @@ def tune(
             f"run it: sdar-bench run {out / 'tune' / 'best_params.yaml'}",
             soft_wrap=True,
         )
-
-
-FORMATS = ("table", "json", "csv")
 
 
 def _results_folder(results_dir: Path) -> object:
@@ -663,20 +821,25 @@ def compare(
     groups: dict[tuple[str, str], list] = {}
     for row in rows:
         groups.setdefault((row.model, row.env), []).append(row)
+    heads = ["method", "metric", "which", "n", "Δ [95% CI]", "p", "P(A>B)", "paired"]
     for (model, env), members in groups.items():
-        table = Table(title=escape(f"{model} · {env}: Δ vs {members[0].baseline} (test panel)"))
-        for head in ("method", "metric", "which", "n", "Δ [95% CI]", "p", "P(A>B)", "paired"):
-            table.add_column(head, justify="left" if head in ("method", "metric") else "right")
+        rows: list[dict[str, str]] = []
         for c in members:
             interval = "" if c.ci_low != c.ci_low else f" [{c.ci_low:+.1f}, {c.ci_high:+.1f}]"
             delta = f"{c.delta:+.1f}{interval}"
-            table.add_row(
+            rows.append(dict(zip(heads, [
                 escape(c.method), c.metric, c.which, str(c.n),
                 f"[bold]{delta}[/]" if c.significant else delta,
                 "–" if c.p_value != c.p_value else f"{c.p_value:.3f}",
                 f"{c.prob_improvement:.2f}", c.pairing,
-            )  # fmt: skip
-        console.print(table)
+            ], strict=True)))  # fmt: skip
+        console.print(
+            f"[bold]{escape(model)} · {escape(env)}[/]: Δ vs {escape(members[0].baseline)} "
+            "(test panel)",
+            highlight=False,
+        )
+        for table in _fitted_tables("", heads, rows, right=tuple(heads[2:])):
+            console.print(table)
     console.print(
         "bold: the interval excludes 0. With n seeds the sign-flip p cannot fall below 2/2^n "
         "(n = 5: 0.0625)."

@@ -22,11 +22,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+# re-exported: they moved below the registry, whose default advantages hook uses them
+from sdar_bench.advantages import STD_EPS as STD_EPS
+from sdar_bench.advantages import group_advantages as group_advantages
 from sdar_bench.registry import MethodParams
 from sdar_bench.token_view import TokenView, agg
 
-STD_EPS = 1e-6
-"""Added to the group std in the advantage denominator (SPEC §2)."""
 KL_CLAMP = 10.0
 """The k3 KL estimate is clamped to [−KL_CLAMP, KL_CLAMP] (SPEC §2)."""
 LOGP_FLOOR = -1.0e4
@@ -60,30 +61,6 @@ class TeacherParams(SkillParams):
 
 
 # --------------------------------------------------------------------------- advantages
-
-
-def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """GRPO advantage (SPEC §2): ``A = (r − mean_group) / (std_group + 1e-6)``.
-
-    ``rewards`` [N] holds one reward per turn sample and ``group_ids`` [N] the task group it
-    belongs to; every turn sample of every episode of the group counts (long episodes weigh more).
-
-    The std is the **unbiased** (sample, n − 1) std, torch.std's default and what verl's GRPO
-    uses. A group with a single sample has no spread: its advantage is 0.
-    """
-    rewards = rewards.detach()  # [N]
-    if not rewards.is_floating_point():
-        rewards = rewards.float()
-    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N] group index 0..K-1
-    k = int(inverse.max().item()) + 1 if inverse.numel() else 0
-    count = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, torch.ones_like(rewards))
-    total = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, rewards)
-    mean = total / count  # [K]
-    centred = rewards - mean[inverse]  # [N]
-    sq = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, centred**2)
-    # n − 1 in the denominator; for n = 1 the centred reward is 0 anyway, so std 0 gives A = 0.
-    std = (sq / (count - 1).clamp(min=1.0)).sqrt()  # [K]
-    return centred / (std[inverse] + STD_EPS)  # [N]
 
 
 # --------------------------------------------------------------------------- per-token terms

@@ -55,7 +55,7 @@ class RunPlan:
 def run_state(run_dir: Path, spec: RunSpec) -> str:
     """What ``run`` will do with this run folder; reads it only (damaged files stay put)."""
     from sdar_bench.checkpoint import CHECKPOINT_FILE, checkpoint_step
-    from sdar_bench.run import RESULT_FILE, is_finished
+    from sdar_bench.run_files import RESULT_FILE, is_finished
 
     if is_finished(run_dir):
         return "finished"

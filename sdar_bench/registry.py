@@ -59,7 +59,7 @@ class Method:
         self, view: TokenView, rewards: torch.Tensor, group_ids: torch.Tensor, step: int
     ) -> torch.Tensor:
         """Per-token advantages ``[B, T]``; GRPO's group-normalised reward by default."""
-        from sdar_bench.objectives import group_advantages
+        from sdar_bench.advantages import group_advantages
 
         return group_advantages(rewards, group_ids)[:, None] * view.mask  # [B, T]
 
@@ -128,7 +128,7 @@ def get_method(name: str, **params: Any) -> Method:
 
 def param_error(name: str, params: dict[str, Any]) -> str | None:
     """A one-line description of what is wrong with ``params`` for method ``name``, or None."""
-    from sdar_bench.config import explain
+    from sdar_bench.validation import explain
 
     try:
         get_method_class(name).Params.model_validate(params)

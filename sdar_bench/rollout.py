@@ -11,11 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sdar_bench.envs.base import Env, Game, Observation, Task
+from sdar_bench.envs.parsing import INVALID_ACTION_TEXT
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend
 from sdar_bench.skills import SkillRetriever
-
-INVALID_ACTION_TEXT = "invalid"  # what the history shows for a turn whose output did not parse
 
 
 @dataclass

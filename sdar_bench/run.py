@@ -15,9 +15,7 @@ executing it at once.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import shutil
 import subprocess
@@ -52,16 +50,20 @@ from sdar_bench.jsonl import (
 from sdar_bench.locking import LOCK_FILE, run_lock
 from sdar_bench.policy import Policy, load_policy
 from sdar_bench.policy.tiny import TINY_MODELS
+from sdar_bench.run_files import (
+    DAMAGED,
+    EPISODES_FILE,
+    MANIFEST_FILE,
+    RESULT_FILE,
+    _read_json,
+    read_result,
+    set_aside,
+)
 from sdar_bench.skills import skill_hashes
 from sdar_bench.trainer import evaluate, setup, train_step
 from sdar_bench.warmstart import warm_start
 
 Callback = Callable[[str, dict[str, Any]], None]
-RESULT_FILE = "result.json"
-EPISODES_FILE = "episodes.jsonl"  # per evaluation: every episode's task and outcome
-MANIFEST_FILE = "manifest.json"
-RESULT_KEYS = ("final", "best", "status")
-DAMAGED = ".damaged"
 
 
 def _noop(event: str, info: dict[str, Any]) -> None:
@@ -71,36 +73,6 @@ def _noop(event: str, info: dict[str, Any]) -> None:
 def warn(message: str) -> None:
     """One line on stderr: what was found wrong on disk and what is done about it."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    """``result.json`` when it is complete (JSON with final, best and status), else None."""
-    data = _read_json(run_dir / RESULT_FILE)
-    if isinstance(data, dict) and all(key in data for key in RESULT_KEYS):
-        return data
-    return None
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its result and its manifest (what the report reads) are sound."""
-    return read_result(run_dir) is not None and isinstance(
-        _read_json(run_dir / MANIFEST_FILE), dict
-    )
-
-
-def set_aside(path: Path) -> Path:
-    """Keep a damaged file for inspection as ``<name>.damaged``; returns the new path."""
-    target = path.with_name(path.name + DAMAGED)
-    os.replace(path, target)
-    return target
 
 
 def _git_sha() -> str | None:

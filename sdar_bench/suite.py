@@ -39,7 +39,8 @@ from sdar_bench.checkpoint import CHECKPOINT_FILE
 from sdar_bench.config import RunSpec, SuiteSpec
 from sdar_bench.jsonl import write_json_atomic
 from sdar_bench.locking import RunInUse, folder_lock
-from sdar_bench.run import Callback, execute_run, is_finished, read_result
+from sdar_bench.run import Callback, execute_run
+from sdar_bench.run_files import is_finished, read_result
 from sdar_bench.tracking import RunTracker, SuiteTracker
 
 EXECUTORS = ("local", "ray")
@@ -137,7 +138,7 @@ def _worker(spec_json: str, folder: str, threads: int) -> dict[str, Any]:
     """Entry point of a worker process or Ray task: one run, its own torch thread budget."""
     import torch
 
-    from sdar_bench.cli import quiet_libraries
+    from sdar_bench.quiet import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(threads)

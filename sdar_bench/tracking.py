@@ -92,9 +92,17 @@ def ui_command(
     ]  # fmt: skip
 
 
+WITH_SKILLS = " with skills"
+"""How a key spells a row label's ``*`` (evaluated with skills): MLflow allows neither ``*`` nor
+parentheses, and ``Skill-Prompt with skills`` reads back to ``Skill-Prompt*`` unambiguously."""
+
+
 def sanitize_key(name: str) -> str:
-    """A metric/param name MLflow accepts: allowed characters, a clean relative path, ≤ 250 chars."""
-    name = _BAD_NAME_CHARS.sub("_", str(name))
+    """A metric/param name MLflow accepts: allowed characters, a clean relative path, ≤ 250 chars.
+
+    A row label's ``*`` becomes ``WITH_SKILLS``; any other character MLflow refuses becomes ``_``.
+    """
+    name = _BAD_NAME_CHARS.sub("_", str(name).replace("*", WITH_SKILLS))
     # MLflow rejects names that are not already a normalised relative path ('a//b', '/a', 'a/').
     parts = [p for p in name.split("/") if p not in ("", ".", "..")]
     return "/".join(parts)[:_MAX_KEY] or "_"

@@ -16,15 +16,17 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sdar_bench.config import RunSpec, WarmStartSpec
 from sdar_bench.envs.base import Env, task_seed
 from sdar_bench.paths import cache_dir
-from sdar_bench.policy import Policy
 from sdar_bench.skills import SkillRetriever
+
+if TYPE_CHECKING:
+    from sdar_bench.policy.model import Policy
 
 WARMSTART_SPLIT = "warmstart"  # its own split: never overlaps the train stream or the eval panel
 

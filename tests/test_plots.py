@@ -5,12 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from sdar_bench.report.plots import (
     GAP_BY_TURN,
     STABILITY_METRICS,
+    common_seeds,
     load_training_curves,
+    plot_stability,
+    plot_validation,
     stability_panels,
     write_plots,
 )
@@ -73,3 +77,70 @@ def test_no_finished_runs_no_plots(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     assert write_plots(tmp_path) == []
     assert not (tmp_path / "plots").exists()
+
+
+def _evals(rows: list[tuple[str, int, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(
+        [
+            {"model": "m", "env": "alfworld", "label": lab, "seed": s, "step": st, "value": v}
+            for lab, s, st, v in rows
+        ]
+    )
+
+
+def test_a_trained_line_starts_on_vanilla_when_seeds_differ() -> None:
+    """The issue's case: Vanilla with seeds 0 and 1 (47.9, 62.5), GRPO finished for seed 0
+    only; GRPO's step-0 point is Vanilla's seed-0 value (same weights, same evaluation noise).
+    Averaged over their own seeds the lines start 7.3 points apart; over the common seed, on
+    one another."""
+    evals = _evals(
+        [("Vanilla", 0, 0, 47.9), ("Vanilla", 1, 0, 62.5)]
+        + [("GRPO", 0, 0, 47.9), ("GRPO", 0, 4, 52.1), ("GRPO", 0, 8, 56.2)]
+    )
+    kept, note = common_seeds(evals)
+    assert note == "seeds 0 (those every line has)"
+    assert sorted(set(kept["seed"])) == [0]
+    fig = plot_validation(evals, "alfworld", "m", {"Vanilla": "C0", "GRPO": "C1"})
+    ax = fig.axes[0]
+    level = next(line for line in ax.lines if line.get_label().startswith("Vanilla"))
+    curve = next(line for line in ax.lines if line.get_label().startswith("GRPO"))
+    assert level.get_ydata()[0] == curve.get_ydata()[0] == 47.9
+    assert [line.get_label() for line in ax.lines] == [
+        "Vanilla (no training, n=1)",
+        "GRPO (n=1)",
+    ]
+    assert "seeds 0 (those every line has)" in ax.get_title()
+
+
+def test_same_seeds_everywhere_keep_every_row_and_disjoint_seeds_say_so() -> None:
+    same = _evals([("Vanilla", 0, 0, 50.0), ("Vanilla", 1, 0, 60.0), ("GRPO", 0, 4, 1.0)])
+    same = pd.concat([same, _evals([("GRPO", 1, 4, 2.0)])])
+    kept, note = common_seeds(same)
+    assert (len(kept), note) == (4, "seeds 0, 1")
+    apart = _evals([("Vanilla", 0, 0, 50.0), ("GRPO", 1, 4, 2.0)])
+    kept, note = common_seeds(apart)
+    assert (len(kept), note) == (2, "each line's own seeds (no seed common to all)")
+
+
+def test_gate_panels_are_drawn_on_the_unit_interval() -> None:
+    """A constant gate of 0.500–0.503 must read as flat, not as a zoomed jagged line."""
+    steps = pd.DataFrame.from_records(
+        [
+            {
+                "model": "m",
+                "env": "alfworld",
+                "label": "SDAR",
+                "seed": 0,
+                "step": s,
+                "gate/mean": 0.5 + 0.001 * (s % 3),
+                "gate/active_ratio": 0.5,
+                "entropy/mean": 1.0,
+            }
+            for s in range(1, 9)
+        ]  # fmt: skip
+    )
+    fig = plot_stability(steps, pd.DataFrame(), "alfworld", "m", {"SDAR": "C0"})
+    limits = {ax.get_title(): ax.get_ylim() for ax in fig.axes}
+    titles = dict(STABILITY_METRICS)
+    assert limits[titles["gate/mean"]] == limits[titles["gate/active_ratio"]] == (-0.02, 1.02)
+    assert limits[titles["entropy/mean"]] != (-0.02, 1.02)

@@ -26,6 +26,7 @@ from sdar_bench.tracking import (
     ui_command,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
     "suite": "unit",
     "model": "tiny-qwen-1m",
@@ -112,9 +113,9 @@ def _check_store(client: MlflowClient, suite: SuiteTracker) -> None:
             "gap/by_turn/0",
             "gap/by_turn/1",
             "eval/SDAR/success/all",
-            "eval/Skill-Prompt_/success/all",
+            "eval/Skill-Prompt with skills/success/all",
         }
-        evals = client.get_metric_history(run_id, "eval/Skill-Prompt_/success/all")
+        evals = client.get_metric_history(run_id, "eval/Skill-Prompt with skills/success/all")
         assert [(m.step, m.value) for m in evals] == [(3, 20.0)]
         artifacts = sorted(a.path for a in client.list_artifacts(run_id))
         assert artifacts == ["manifest.json", "result.json", "spec.yaml"]
@@ -273,7 +274,7 @@ def test_flattening() -> None:
     params = flatten_params({"train": {"lr": 5e-4, "opt": {"name": "adam"}}, "s": "x" * 7000})
     assert params == {"train.lr": "0.0005", "train.opt.name": "adam", "s": "x" * 6000}
     assert flatten_metrics({"a": {"b": 1, "c": [1.0]}, "n": None, "i": -math.inf}) == {"a/b": 1.0}
-    assert sanitize_key("eval/Skill-Prompt*/success@1") == "eval/Skill-Prompt_/success_1"
+    assert sanitize_key("eval/Skill-Prompt*/success@1") == "eval/Skill-Prompt with skills/success_1"
     assert sanitize_key("/a//b/../c/") == "a/b/c"
     assert len(sanitize_key("k" * 300)) == 250
 
@@ -290,3 +291,44 @@ def test_the_validation_panel_logs_under_its_own_keys() -> None:
     assert _eval_metrics({"step": 4, "label": "SDAR", "success/all": 5.0}) == {
         "eval/SDAR/success/all": 5.0
     }  # rows written before the validation panel existed
+
+
+def test_sdar_bench_run_logs_tables_and_plots_on_the_suite_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the command line, as a user runs it: the parent (suite) run holds the tables and
+    plots, and a with-skills row keeps a readable key."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from sdar_bench.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    quickstart = yaml.safe_load((ROOT / "suites" / "quickstart.yaml").read_text())
+    suite = {
+        **quickstart,
+        "name": "artifacts",
+        "methods": ["vanilla", "skill_prompt"],  # evaluation only: seconds, not minutes
+        "seeds": [0],
+        "eval": {"panel": 2, "valid_panel": 2},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["run", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("artifacts")
+    assert experiment is not None
+    [parent] = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sdar_bench.role` = 'suite'"
+    )
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == [
+        "plots", "table.csv", "table.md", "table.tex",
+    ]  # fmt: skip
+    plots = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "plots"))
+    assert plots == sorted(f"plots/{p.name}" for p in (out / "plots").iterdir())
+    [child] = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.run_id LIKE '%skill_prompt%'"
+    )
+    assert "eval/Skill-Prompt with skills/success/all" in child.data.metrics

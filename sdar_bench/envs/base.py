@@ -45,6 +45,14 @@ class Observation:
     won: bool = False
 
 
+@dataclass(frozen=True)
+class ExpertStep:
+    """One expert decision: the action and its 2–5 word reason."""
+
+    action: str
+    thought: str
+
+
 class Game(ABC):
     """One live episode of a task."""
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 _TAG = re.compile(r"</?(think|action|search|answer)>")
 
+INVALID_ACTION_TEXT = "invalid"
+"""What a history shows for a turn whose output did not parse (the tiny tokenizers' corpus
+holds it, so it lives below both the rollout and the policies)."""
+
 
 @dataclass(frozen=True)
 class ParsedTurn:

@@ -14,10 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from sdar_bench.paths import cache_dir
-from sdar_bench.policy.tokenizer import build_word_tokenizer
 
 # name → (hidden, layers, heads, kv heads, MLP width). Parameter counts include the tied embedding.
 TINY_MODELS: dict[str, tuple[int, int, int, int, int]] = {
@@ -30,7 +28,7 @@ TINY_MODELS: dict[str, tuple[int, int, int, int, int]] = {
 def tiny_corpus(env: str) -> list[str]:
     """Every text the tiny tokenizer for ``env`` must cover: the engine's words and skill bank."""
     from sdar_bench.envs import ENVS
-    from sdar_bench.rollout import INVALID_ACTION_TEXT
+    from sdar_bench.envs.parsing import INVALID_ACTION_TEXT
     from sdar_bench.skills import SKILL_HEADER, skill_bank
 
     words = " ".join(ENVS[env]().vocabulary())
@@ -55,6 +53,11 @@ def tiny_model_dir(name: str, env: str) -> Path:
     path = cache_dir() / "models" / tiny_model_dirname(name, env, corpus)
     if (path / "config.json").exists():
         return path
+
+    # transformers only here: naming a tiny model (plan, the warm start's key) builds nothing
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from sdar_bench.policy.tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(corpus)
     config = Qwen2Config(

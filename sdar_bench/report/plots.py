@@ -54,6 +54,7 @@ STABILITY_METRICS: list[tuple[str, str]] = [
     ("gate/active_ratio", "gate active ratio (g > 0.5)"),
 ]
 GAP_BY_TURN = "gap/by_turn"
+UNIT_RANGE = ("gate/mean", "gate/active_ratio")  # shares in [0, 1]: drawn on that scale, not zoomed
 PANELS_PER_ROW = 4
 FORMATS = ("png", "pdf")
 
@@ -130,13 +131,35 @@ def _draw_band(ax: Axes, frame: pd.DataFrame, x: str, y: str, colours: dict[str,
     """Per label: the mean over seeds of ``y`` at each ``x``, with a min–max band."""
     for label in sorted(frame["label"].unique(), key=row_order_key):
         # Average within a run first (gap per turn has one value per step), then over seeds.
-        per_seed = frame[frame["label"] == label].groupby(["seed", x])[y].mean()
+        rows = frame[frame["label"] == label]
+        per_seed = rows.groupby(["seed", x])[y].mean()
         spread = per_seed.groupby(level=x).agg(["mean", "min", "max"]).dropna()
         if spread.empty:
             continue
         colour = colours.get(label, "C0")
-        ax.plot(spread.index, spread["mean"], color=colour, label=label, marker=".")
+        n = rows["seed"].nunique()
+        ax.plot(spread.index, spread["mean"], color=colour, label=f"{label} (n={n})", marker=".")
         ax.fill_between(spread.index, spread["min"], spread["max"], color=colour, alpha=0.2)
+
+
+def common_seeds(evals: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of the seeds every label has, and how the title names them.
+
+    Runs of two methods with the same seed share the warm start and the evaluation noise, so a
+    trained method's step-0 evaluation equals Vanilla's with that seed; averaged over different
+    seed sets (a method with one seed finished, Vanilla with two) they differ by the seeds'
+    spread. Every line is therefore drawn over the seeds common to all of them; where no seed is
+    common, each line keeps its own (the legend's n says how many) and the title says so.
+    """
+    per_label = [set(group) for _, group in evals.groupby("label")["seed"]]
+    common = set.intersection(*per_label) if per_label else set()
+    every = set.union(*per_label) if per_label else set()
+    if not common:
+        return evals, "each line's own seeds (no seed common to all)"
+    shown = ", ".join(str(s) for s in sorted(common))
+    if common == every:
+        return evals, f"seeds {shown}"
+    return evals[evals["seed"].isin(common)], f"seeds {shown} (those every line has)"
 
 
 def plot_validation(evals: pd.DataFrame, env: str, model: str, colours: dict[str, str]) -> Figure:
@@ -144,18 +167,28 @@ def plot_validation(evals: pd.DataFrame, env: str, model: str, colours: dict[str
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    evals, seeds_note = common_seeds(evals)
     # A method that does not train (Vanilla, Skill-Prompt*) has one evaluation, at step 0: a
     # dashed level across the plot, where a single point would hide under the other curves.
     n_steps = evals.groupby("label")["step"].nunique()
     for label in sorted(n_steps[n_steps == 1].index, key=row_order_key):
-        level = evals.loc[evals["label"] == label, "value"].mean()
+        rows = evals[evals["label"] == label]
         colour = colours.get(label, "C0")
-        ax.axhline(level, color=colour, linestyle="--", label=f"{label} (no training)")
+        n = rows["seed"].nunique()
+        ax.axhline(
+            rows["value"].mean(),
+            color=colour,
+            linestyle="--",
+            label=f"{label} (no training, n={n})",
+        )
     _draw_band(ax, evals[evals["label"].map(n_steps) > 1], "step", "value", colours)
     headline = {c.metric: c.title for c in env_columns(env)}[headline_metric(env)]
     ax.set(xlabel="training step", ylabel=f"{ENV_TITLES.get(env, env)} {headline} (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{ENV_TITLES.get(env, env)} validation, {model}\nmean over seeds, band min–max")
+    ax.set_title(
+        f"{ENV_TITLES.get(env, env)} test panel, {model}\nmean over {seeds_note}, band min–max",
+        fontsize="medium",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -182,6 +215,8 @@ def plot_stability(
         else:
             _draw_band(ax, steps[steps[name].notna()], "step", name, colours)
             ax.set(title=titles[name], xlabel="training step")
+            if name in UNIT_RANGE:
+                ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.title.set_fontsize("medium")
         ax.grid(alpha=0.3)

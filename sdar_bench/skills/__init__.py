@@ -117,7 +117,7 @@ class SkillRetriever:
 
     def _nearest(self, goal: str) -> list[str]:
         if self._dense is None:
-            from sdar_bench.envs.searchqa.retrieval import DenseRetriever
+            from sdar_bench.retrieval import DenseRetriever
 
             self._dense = DenseRetriever([self.bank[k] for k in self.task_skills])
         texts = self._dense.search([goal], self.top_k)[0]

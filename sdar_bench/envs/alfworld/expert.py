@@ -10,8 +10,6 @@ Every command it returns is admissible in the state it was computed from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sdar_bench.envs.alfworld.world import (
     APPLIANCE_OF,
     LAMP,
@@ -20,6 +18,7 @@ from sdar_bench.envs.alfworld.world import (
     kind,
     name_key,
 )
+from sdar_bench.envs.base import ExpertStep
 
 # The expert's reasons; ``vocabulary`` reads their words from here.
 THOUGHT_TEMPLATES: tuple[str, ...] = (
@@ -36,14 +35,6 @@ THOUGHT_TEMPLATES: tuple[str, ...] = (
     "work toward the goal",
 )
 FALLBACK_THOUGHT = "work toward the goal"
-
-
-@dataclass(frozen=True)
-class ExpertStep:
-    """One expert decision: the command and its 2–5 word reason."""
-
-    action: str
-    thought: str
 
 
 def plan(world: World) -> ExpertStep | None:

@@ -36,7 +36,7 @@ from sdar_bench.envs.base import Game, Observation, Task, task_seed
 from sdar_bench.envs.parsing import normalize_command
 
 if TYPE_CHECKING:
-    from sdar_bench.envs.alfworld.env import AlfworldParams
+    from sdar_bench.envs.alfworld.params import AlfworldParams
 
 DATA_VAR = "ALFWORLD_DATA"
 DATA_FOLDER = "json_2.1.1"

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from sdar_bench.envs.base import Game, Observation, Task
+from sdar_bench.envs.base import ExpertStep, Game, Observation, Task
 from sdar_bench.envs.searchqa.retrieval import Retriever, format_information
-
-if TYPE_CHECKING:
-    from sdar_bench.envs.searchqa.expert import ExpertStep
 
 SEARCH, ANSWER = "search", "answer"
 INVALID_TEXT = "Your last response was invalid."
@@ -82,8 +78,10 @@ class SearchQAGame(Game):
         topk: int,
         max_turns: int,
         hops: Sequence[Hop],
+        expert: Callable[[SearchQAGame], ExpertStep | None],
     ) -> None:
         self.task = task
+        self.expert = expert  # given by the env: the expert builds on this module
         self.retriever = retriever
         self.topk = topk
         self.max_turns = max_turns
@@ -135,6 +133,4 @@ class SearchQAGame(Game):
 
     def expert_step(self) -> ExpertStep | None:
         """The expert's action and its reason (None once an answer was given)."""
-        from sdar_bench.envs.searchqa.expert import plan
-
-        return None if self.answer is not None else plan(self)
+        return None if self.answer is not None else self.expert(self)

@@ -44,7 +44,12 @@ from sdar_bench.envs.searchqa.engine import (
     decode_action,
     encode_action,
 )
-from sdar_bench.envs.searchqa.expert import FALLBACK_THOUGHT, HOP_TARGETS, THOUGHT_TEMPLATES
+from sdar_bench.envs.searchqa.expert import (
+    FALLBACK_THOUGHT,
+    HOP_TARGETS,
+    THOUGHT_TEMPLATES,
+    plan,
+)
 from sdar_bench.envs.searchqa.retrieval import Retriever, make_retriever
 from sdar_bench.envs.searchqa.world import (
     DATA_SOURCES,
@@ -288,7 +293,9 @@ class SearchQAEnv(Env):
             Hop(query, None if passage is None else self.corpus[passage], target)
             for query, passage, target in task.extra["hops"]
         ]
-        return SearchQAGame(task, self.retriever, self.params.topk, self.params.max_turns, hops)
+        return SearchQAGame(
+            task, self.retriever, self.params.topk, self.params.max_turns, hops, expert=plan
+        )
 
     # ---- prompt, parser, expert ------------------------------------------------------------
     def render_prompt(

@@ -8,8 +8,7 @@ turn it answers whatever it has. On real data it searches the question once, the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from sdar_bench.envs.base import ExpertStep
 from sdar_bench.envs.parsing import normalize_command
 from sdar_bench.envs.searchqa.engine import ANSWER, SEARCH, SearchQAGame, encode_action
 
@@ -24,14 +23,6 @@ THOUGHT_TEMPLATES: tuple[str, ...] = (
 )
 HOP_TARGETS: tuple[str, ...] = ("person", "city", "country", "organisation", "work", "question")
 FALLBACK_THOUGHT = "work toward the answer"
-
-
-@dataclass(frozen=True)
-class ExpertStep:
-    """One expert decision: the action and its 2–5 word reason."""
-
-    action: str
-    thought: str
 
 
 def plan(game: SearchQAGame) -> ExpertStep:

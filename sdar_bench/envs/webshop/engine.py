@@ -11,19 +11,14 @@ description, indexed once per shop.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
 
-import bm25s
 import numpy as np
-import Stemmer
 
-from sdar_bench.envs.base import Game, Observation, Task
+from sdar_bench.envs.base import ExpertStep, Game, Observation, Task
 from sdar_bench.envs.webshop.catalog import Goal, Product
 from sdar_bench.envs.webshop.scoring import ScoreParts, score_purchase
-
-if TYPE_CHECKING:
-    from sdar_bench.envs.webshop.expert import ExpertStep
+from sdar_bench.retrieval import BM25Retriever
 
 # ---- clickables and page texts ----------------------------------------------------------------
 BACK, NEXT, PREV = "back to search", "next >", "< prev"
@@ -164,28 +159,16 @@ class Shop:
         for p in self.products:
             title_ids.setdefault(token_key(p.title), []).append(p.asin)
         self.title_ids = {k: tuple(v) for k, v in title_ids.items()}
-        self._stemmer = Stemmer.Stemmer("english")
-        self._index: bm25s.BM25 | None = None
+        self._index: BM25Retriever | None = None
         self._cache: dict[str, tuple[str, ...]] = {}
 
-    def _tokens(self, texts: list[str]) -> list[list[str]]:
-        return bm25s.tokenize(
-            texts,
-            stopwords="en",
-            stemmer=self._stemmer,
-            return_ids=False,
-            show_progress=False,
-            token_pattern=r"(?u)\b\w+\b",  # keep one-character words: sizes such as "7"
-        )
-
-    def _build(self) -> bm25s.BM25:
+    def _build(self) -> BM25Retriever:
         docs = [
             " ".join([p.title, *(v for _, v in p.option_values()), *p.bullets, p.description])
             for p in self.products
         ]
-        index = bm25s.BM25()
-        index.index(self._tokens(docs), show_progress=False)
-        return index
+        # keep one-character words: sizes such as "7"
+        return BM25Retriever(docs, token_pattern=r"(?u)\b\w+\b")
 
     def search(self, query: str, limit: int) -> tuple[str, ...]:
         """Ids of the products matching ``query`` best first (ties: catalogue order)."""
@@ -194,13 +177,9 @@ class Shop:
                 self._cache.clear()
             if self._index is None:
                 self._index = self._build()
-            tokens = self._tokens([query])[0]
-            if not tokens:
-                ranked: tuple[str, ...] = ()
-            else:
-                scores = np.asarray(self._index.get_scores(tokens), dtype=np.float64)
-                order = np.lexsort((np.arange(len(scores)), -scores))
-                ranked = tuple(self.products[i].asin for i in order if scores[i] > 0)
+            scores = self._index.scores(query)  # 0 everywhere when no word of it is indexed
+            order = np.lexsort((np.arange(len(scores)), -scores))
+            ranked = tuple(self.products[i].asin for i in order if scores[i] > 0)
             self._cache[query] = ranked
         return self._cache[query][:limit]
 
@@ -221,8 +200,11 @@ class WebshopGame(Game):
         max_turns: int,
         per_page: int = 10,
         max_results: int = 50,
+        *,
+        expert: Callable[[WebshopGame], ExpertStep | None],
     ) -> None:
         self.task = task
+        self.expert = expert  # given by the env: the expert builds on this module
         self.goal = goal
         self.shop = shop
         self.max_turns = max_turns
@@ -355,9 +337,7 @@ class WebshopGame(Game):
 
     def expert_step(self) -> ExpertStep | None:
         """The expert's action and its reason (None once the episode is over)."""
-        from sdar_bench.envs.webshop.expert import plan  # the expert builds on this module
-
-        return None if self.done else plan(self)
+        return None if self.done else self.expert(self)
 
     def score(self) -> float:
         return 0.0 if self.purchase is None else self.purchase.score

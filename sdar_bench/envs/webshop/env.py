@@ -42,7 +42,7 @@ from sdar_bench.envs.webshop.engine import (
     canonical_action,
     product_pages,
 )
-from sdar_bench.envs.webshop.expert import FALLBACK_THOUGHT, THOUGHT_TEMPLATES
+from sdar_bench.envs.webshop.expert import FALLBACK_THOUGHT, THOUGHT_TEMPLATES, plan
 
 # The goal comes last, right before the answer, as in the ALFWorld env. History pairs show only
 # the first line of each past page (its header) to keep the prompt short for a tiny model.
@@ -179,7 +179,9 @@ class WebshopEnv(Env):
         if goal.instruction != task.goal:
             raise ValueError(f"task {task.id} does not regenerate its goal {task.goal!r}")
         p = self.params
-        return WebshopGame(task, goal, self.shop, p.max_turns, p.results_per_page, p.max_results)
+        return WebshopGame(
+            task, goal, self.shop, p.max_turns, p.results_per_page, p.max_results, expert=plan
+        )
 
     # ---- prompt, parser, expert ----------------------------------------------------------
     def render_prompt(

@@ -11,8 +11,8 @@ admissible on the page it was computed from.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from sdar_bench.envs.base import ExpertStep
 from sdar_bench.envs.webshop.catalog import Goal, Product
 from sdar_bench.envs.webshop.engine import (
     BACK,
@@ -54,14 +54,6 @@ _QUERY_STOP_WORDS_TEXT = (
 QUERY_STOP_WORDS = frozenset(_QUERY_STOP_WORDS_TEXT.split())
 _PRICE_CLAUSE = re.compile(r",?\s*and price lower than .*$")
 _QUERY_WORD = re.compile(r"[\w']+(?:\.\d+)?")
-
-
-@dataclass(frozen=True)
-class ExpertStep:
-    """One expert decision: the action and its 2–5 word reason."""
-
-    action: str
-    thought: str
 
 
 def goal_query(instruction: str) -> str:
