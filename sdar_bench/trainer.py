@@ -319,7 +319,9 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     teach = topk_ids = topk_logp = None
     topk = method.teacher_topk()
     if batch.teacher_ids is not None and state.teacher is not None:
-        # [N, R], and [N, R, K] twice when the method asks for the teacher's top-k tokens
+        # [N, R], and [N, R, K] twice when the method asks for the teacher's top-k tokens.
+        # Every teacher prompt of a task starts with the same skill block and task text, so
+        # chunks run that shared prefix once (about half the teacher's prompt tokens).
         teach, topk_ids, topk_logp = score_topk_in_chunks(
             state.teacher,
             batch.teacher_ids,
@@ -328,6 +330,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
             topk,
             chunk,
             temperature,
+            share_prefix=True,
         )
     elif topk is not None:
         raise ValueError(f"method {method.name!r} asks for the teacher's top-k but has no teacher")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import CompileConfig, GenerationConfig, PreTrainedModel
 
 from sdar_bench.policy.scoring import distinct_rows, shared_prompt_cache
 
@@ -47,14 +47,36 @@ def make_backend(policy: Policy) -> RolloutBackend:
         from sdar_bench.policy.vllm_backend import VLLMBackend
 
         return VLLMBackend(policy)
-    return TransformersBackend(policy.model, policy.pad_id, policy.eos_id)
+    return TransformersBackend(
+        policy.model, policy.pad_id, policy.eos_id, generation=policy.options.generation
+    )
+
+
+def bucket(n: int, step: int) -> int:
+    """``n`` rounded up to a power of two below ``step``, else to a multiple of ``step``: few
+    distinct shapes, so a compiled decoding step is captured a few times and then reused."""
+    if n <= step:
+        return 1 << max(n - 1, 0).bit_length()
+    return -(-n // step) * step
 
 
 class TransformersBackend:
-    """Batched ``model.generate`` with left padding, chunked to bound memory."""
+    """Batched ``model.generate`` with left padding, chunked to bound memory.
 
-    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, chunk: int = 256):
+    ``generation="static"``: a static KV cache whose batch and length are rounded up to
+    buckets (``bucket``), compiled with CUDA graphs on a CUDA device (PolicyOptions.generation).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_id: int,
+        eos_id: int,
+        chunk: int = 256,
+        generation: str = "dynamic",
+    ):
         self.model, self.pad_id, self.eos_id, self.chunk = model, pad_id, eos_id, chunk
+        self.generation = generation
 
     def sync_weights(self) -> None:  # the model *is* the trainer's model
         return None
@@ -84,6 +106,12 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
+        if self.generation == "static":
+            config.cache_implementation = "static"
+            if self.model.device.type == "cuda":
+                # transformers compiles the decoding step itself for a static cache on CUDA;
+                # dynamic=False keeps one graph per (batch, cache length) bucket.
+                config.compile_config = CompileConfig(dynamic=False, mode="reduce-overhead")
         was_training = self.model.training
         self.model.eval()
         out: list[list[int]] = []
@@ -95,6 +123,14 @@ class TransformersBackend:
     def _generate_chunk(
         self, prompts: Sequence[Sequence[int]], config: GenerationConfig
     ) -> list[list[int]]:
+        n = len(prompts)
+        if self.generation == "static":
+            # Fixed shapes for the compiled step: the batch is filled up with copies of its
+            # last prompt (sampled after the real rows, then dropped) and the cache length is
+            # rounded up to a multiple of 64.
+            prompts = [*prompts, *[prompts[-1]] * (bucket(n, 64) - n)]
+            longest = max(len(p) for p in prompts) + (config.max_new_tokens or 0)
+            config.max_cache_len = bucket(longest, 64)
         P = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
@@ -104,9 +140,10 @@ class TransformersBackend:
         device = self.model.device
         owners, inverse = distinct_rows(prompts)
         extra = {}
-        if len(owners) < len(prompts) and P > 1:
+        if len(owners) < len(prompts) and P > 1 and self.generation != "static":
             # Copies of one prompt (a task's G first turns) are prefilled once: the cache holds
-            # every prompt but its last token, and generate() runs from there.
+            # every prompt but its last token, and generate() runs from there. Not with the
+            # static cache, which generate() allocates itself.
             shared = shared_prompt_cache(
                 self.model, input_ids[owners, :-1], attention[owners, :-1], inverse
             )
@@ -119,7 +156,7 @@ class TransformersBackend:
             **extra,
         )
         responses = []
-        for row in sequences[:, P:].tolist():
+        for row in sequences[:n, P:].tolist():
             if self.eos_id in row:
                 row = row[: row.index(self.eos_id) + 1]
             responses.append(row)

@@ -80,6 +80,17 @@ class PolicyOptions(_Strict):
     project)."""
     vllm: VLLMOptions = VLLMOptions()
     """Settings of the vLLM engine; read only when ``rollout`` is ``vllm``."""
+    generation: Literal["dynamic", "static"] = Field(
+        "dynamic", exclude_if=lambda value: value == "dynamic"
+    )
+    """KV cache of the transformers rollout backend. ``dynamic``: transformers' growing cache,
+    copies of one prompt prefilled once (the default, and the CPU path). ``static``: a
+    preallocated cache of fixed batch and length buckets; on a CUDA device ``generate`` then
+    compiles the decoding step with ``torch.compile`` (mode ``reduce-overhead``: CUDA graphs),
+    which removes the per-token launch overhead that bounds tiny models on a GPU. Same sampled
+    tokens as ``dynamic`` for a seed when the batch is a bucket size (tested on the CPU, where
+    nothing is compiled; filler rows change the random draws, not the distribution). Left out
+    of the run id at its default, so existing runs keep their ids."""
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

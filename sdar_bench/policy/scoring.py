@@ -4,6 +4,8 @@ Layout: prompts left-padded to a common length P, responses right-padded to R, s
 response token sits in the same column for every row — and for the teacher, whose prompts are
 longer, the response columns line up with the student's. Logits are computed only for the
 R positions that predict response tokens (``logits_to_keep``), which matters for large vocabularies.
+Prompts that share a prefix (the teacher's skill block and task text, the G copies of a task's first
+turn) can have it run once per chunk (``share_prefix``, see ``plan_prefixes``).
 On request the same pass also keeps a token's top-k vocabulary entries (the teacher side of
 SDAR's full-vocabulary divergences) or gathers log-probs at given ids (the student side).
 """
@@ -122,6 +124,134 @@ def _shared_prompt_logits(
     return logits, targets, mask
 
 
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):  # stops at the shorter one
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """Which prefix each row shares: row ``i`` uses prefix ``inverse[i]``, which is
+    ``prompts[owners[u]][: shared[u]]`` and equals ``prompts[i][: shared[u]]``.
+
+    Every prefix is shorter than each prompt using it, so each row keeps at least its last
+    prompt token for the second pass: that position's logits predict response token 0.
+    """
+
+    owners: list[int]
+    inverse: torch.Tensor  # [B] long
+    shared: list[int]  # [U] prefix lengths, 1 ≤ shared[u] < len(prompt) of its rows
+
+    def saved_tokens(self) -> int:
+        """Prompt tokens not recomputed: each prefix runs once instead of once per row."""
+        counts = torch.bincount(self.inverse, minlength=len(self.owners)).tolist()
+        return sum((n - 1) * length for n, length in zip(counts, self.shared, strict=True))
+
+
+def plan_prefixes(prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
+    """Group rows into runs that share a prompt prefix; None when nothing can be shared.
+
+    Rows are sorted by their ids, so prompts with long common prefixes are neighbours; a run
+    grows while adding the next row does not lower the tokens the run saves, ``(n - 1) × L``
+    for n rows sharing L tokens. On the teacher's prompts (skill block + task text + history)
+    this finds one run per task sharing the skill block and the task's fixed text, and a run
+    of its own for copies of one prompt (the G first turns), which share all but the last token.
+    """
+    if not prompts or min(len(p) for p in prompts) < 2:
+        return None  # a one-token prompt has nothing to share but the token that scores
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    owners: list[int] = []
+    shared: list[int] = []
+    inverse = [0] * len(prompts)
+    size = 0
+    for pos, row in enumerate(order):
+        prompt = prompts[row]
+        if owners:
+            prev = prompts[order[pos - 1]]
+            length = min(shared[-1], _common_length(prev, prompt), len(prompt) - 1)
+            if length >= 1 and size * length >= (size - 1) * shared[-1]:
+                shared[-1] = length
+                inverse[row] = len(owners) - 1
+                size += 1
+                continue
+        owners.append(row)
+        shared.append(len(prompt) - 1)
+        inverse[row] = len(owners) - 1
+        size = 1
+    return PrefixPlan(owners, torch.tensor(inverse, dtype=torch.long), shared)
+
+
+def prefix_order(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """All rows ordered for chunked scoring with shared prefixes: by the length of what is left
+    after the row's shared prefix (the width of the second pass, so chunks pad little), then by
+    that prefix (so a chunk holds few distinct prefixes)."""
+    plan = plan_prefixes(prompts)
+    if plan is None:
+        return by_prompt(prompts)
+    inverse = plan.inverse.tolist()
+    return sorted(
+        range(len(prompts)),
+        key=lambda i: (len(prompts[i]) - plan.shared[inverse[i]], inverse[i], prompts[i]),
+    )
+
+
+def _prefix_logits(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    plan: PrefixPlan,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Response logits [B, R, V], targets [B, R] and mask [B, R] with each shared prefix of
+    ``plan`` run once; None where the model kept no cache.
+
+    Layout of the second pass: the prefix's cache (left-padded to Lp), then each row's rest of
+    the prompt left-padded to Ls (the padding sits between prefix and rest; the attention
+    mask hides it and positions count real tokens only), then the response right-padded to R.
+    """
+    U, B = len(plan.owners), len(prompts)
+    Lp = max(plan.shared)
+    prefix_ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # [U, Lp]
+    prefix_att = torch.zeros((U, Lp), dtype=torch.long)  # [U, Lp]
+    for u, (row, length) in enumerate(zip(plan.owners, plan.shared, strict=True)):
+        prefix_ids[u, Lp - length :] = torch.tensor(prompts[row][:length], dtype=torch.long)
+        prefix_att[u, Lp - length :] = 1
+    cached = shared_prompt_cache(model, prefix_ids, prefix_att, plan.inverse)
+    if cached is None:
+        return None
+    cache = cached[0]
+    cut = [plan.shared[u] for u in plan.inverse.tolist()]
+    Ls = max(len(p) - c for p, c in zip(prompts, cut, strict=True))
+    R = max(max((len(r) for r in responses), default=0), 1)
+    ids = torch.full((B, Ls + R), pad_id, dtype=torch.long)  # [B, Ls+R]
+    att = torch.zeros((B, Ls + R), dtype=torch.long)  # [B, Ls+R]
+    mask = torch.zeros((B, R), dtype=torch.float32)  # [B, R]
+    for i, (p, r, c) in enumerate(zip(prompts, responses, cut, strict=True)):
+        rest = p[c:]
+        ids[i, Ls - len(rest) : Ls] = torch.tensor(rest, dtype=torch.long)
+        ids[i, Ls : Ls + len(r)] = torch.tensor(r, dtype=torch.long)
+        att[i, Ls - len(rest) : Ls + len(r)] = 1
+        mask[i, : len(r)] = 1.0
+    full = torch.cat([prefix_att[plan.inverse], att], dim=1)  # [B, Lp+Ls+R]
+    positions = (full.cumsum(-1) - 1).clamp(min=0)[:, Lp:]  # [B, Ls+R]
+    device = model.device
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=full.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=R + 1,
+    )
+    # Position Ls-1 (the prompt's last token) predicts response token 0; Ls-1+t predicts t.
+    return out.logits[:, :-1], ids[:, -R:], mask
+
+
 @dataclass(frozen=True)
 class ResponseScores:
     """What one forward pass over (prompt, response) pairs yields, on the CPU; padding holds 0.
@@ -147,6 +277,7 @@ def score_responses(
     topk: int | None = None,
     at_ids: torch.Tensor | None = None,
     temperature: float = 1.0,
+    share_prefix: bool = False,
 ) -> ResponseScores:
     """Log-probs of the responses and, on request, per response token: the entropy, the ``topk``
     most likely tokens with their log-probs (``K = min(topk, |V|)``), and the log-probs at given
@@ -157,8 +288,18 @@ def score_responses(
 
     One forward pass whichever is asked for; the [B, R, V] log-softmax stays on the model's
     device and only [B, R] / [B, R, K] results come back to the CPU.
+
+    ``share_prefix``: run each prefix of ``plan_prefixes`` once (then the second pass over the
+    rest of the prompts and the responses) where that skips at least a tenth of the prompt
+    tokens. Same log-probs up to float rounding; meant for no-grad scoring (the teacher).
     """
-    shared = _shared_prompt_logits(model, prompts, responses, pad_id)
+    shared = None
+    if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
+        plan = plan_prefixes(prompts)
+        if plan is not None and 10 * plan.saved_tokens() >= sum(len(p) for p in prompts):
+            shared = _prefix_logits(model, prompts, responses, pad_id, plan)
+    if shared is None:
+        shared = _shared_prompt_logits(model, prompts, responses, pad_id)
     if shared is not None:
         logits, targets, mask = shared
     else:
@@ -221,9 +362,12 @@ def score_in_chunks(
     pad_id: int,
     chunk: int = 64,
     temperature: float = 1.0,
+    share_prefix: bool = False,
 ) -> torch.Tensor:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R."""
-    return score_topk_in_chunks(model, prompts, responses, pad_id, None, chunk, temperature)[0]
+    return score_topk_in_chunks(
+        model, prompts, responses, pad_id, None, chunk, temperature, share_prefix
+    )[0]
 
 
 @torch.no_grad()
@@ -235,6 +379,7 @@ def score_topk_in_chunks(
     topk: int | None,
     chunk: int = 64,
     temperature: float = 1.0,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """No-grad ``logp`` [B, R] computed ``chunk`` rows at a time, padded to the global R, and
     when ``topk`` is set, per response token the ``topk`` most likely tokens: ``topk_ids``
@@ -242,6 +387,9 @@ def score_topk_in_chunks(
 
     Memory of the top-k: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on
     padding.
+
+    ``share_prefix``: chunks follow ``prefix_order`` (rows sharing a prefix together) and each
+    chunk runs its shared prefixes once (the teacher's prompts: skill block + task text).
     """
     R = max(max((len(r) for r in responses), default=0), 1)
     logp_out = torch.zeros(len(prompts), R)
@@ -250,7 +398,7 @@ def score_topk_in_chunks(
         k = min(topk, model.config.vocab_size)
         ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
         topk_out = torch.zeros(len(prompts), R, k)
-    order = by_prompt(prompts)
+    order = prefix_order(prompts) if share_prefix else by_prompt(prompts)
     for start in range(0, len(prompts), chunk):
         rows = order[start : start + chunk]
         s = score_responses(
@@ -260,6 +408,7 @@ def score_topk_in_chunks(
             pad_id,
             topk=topk,
             temperature=temperature,
+            share_prefix=share_prefix,
         )
         pad = R - s.logp.shape[1]
         logp_out[rows] = F.pad(s.logp, (0, pad))
