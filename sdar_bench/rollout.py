@@ -27,6 +27,17 @@ class Turn:
     response_text: str
     action: str | None  # the parsed action; None for an invalid turn
     expert_action: str | None  # the expert's action in that state, where the engine knows it
+    anchor: str = ""  # the state the turn was taken in: observation text + admissible actions
+
+
+def anchor_text(observation: Observation) -> str:
+    """A turn's state as text, GiGPO's anchor key: the env's current observation and, where the
+    env has them, the admissible actions (they carry state the text may not, e.g. what the
+    agent holds). The task's goal is the same within a task group; history and turn number are
+    left out, so one state reached along two paths is one anchor."""
+    if observation.admissible is None:
+        return observation.text
+    return observation.text + "\n[admissible] " + " | ".join(observation.admissible)
 
 
 @dataclass
@@ -96,7 +107,18 @@ def collect(
             text = policy.tokenizer.decode(response, skip_special_tokens=True)
             parsed = env.parse(text, s.observation.admissible)
             expert = s.game.expert_action()
-            s.episode.turns.append(Turn(turn, prompt, ids, response, text, parsed.action, expert))
+            s.episode.turns.append(
+                Turn(
+                    turn,
+                    prompt,
+                    ids,
+                    response,
+                    text,
+                    parsed.action,
+                    expert,
+                    anchor_text(s.observation),
+                )  # fmt: skip
+            )
             s.history.append((s.observation.text, parsed.action or INVALID_ACTION_TEXT))
             s.observation = s.game.step(parsed.action)
 

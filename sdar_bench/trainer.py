@@ -36,7 +36,7 @@ from sdar_bench.policy.scoring import (
     score_responses,
     score_topk_in_chunks,
 )
-from sdar_bench.registry import Method, get_method, get_method_class
+from sdar_bench.registry import Method, SampleInfo, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
 from sdar_bench.skills import SkillRetriever
 from sdar_bench.token_view import TokenView
@@ -55,6 +55,20 @@ class Batch:
     group_ids: torch.Tensor  # [N] GRPO group = task index within the step
     turn_index: torch.Tensor  # [N]
     expert_agree: torch.Tensor  # [N] 1 sampled == expert, 0 differs, -1 unknown
+    episode_ids: torch.Tensor | None = None  # [N] the episode's index within the step
+    turn_rewards: torch.Tensor | None = None  # [N] r_t: R on the last turn, − c_inv if invalid
+    anchors: tuple[str, ...] = ()  # [N] the state of each turn (rollout.Turn.anchor)
+
+    def sample_info(self) -> SampleInfo:
+        """What ``Method.advantages`` gets as ``samples`` when the method asks for it."""
+        assert self.episode_ids is not None and self.turn_rewards is not None
+        return SampleInfo(
+            group_ids=self.group_ids,
+            episode_ids=self.episode_ids,
+            turn_index=self.turn_index,
+            turn_rewards=self.turn_rewards,
+            anchors=self.anchors,
+        )
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -67,17 +81,25 @@ def build_batch(
     teacher_skills: SkillRetriever | None,
 ) -> Batch:
     prompts, teacher, responses, rewards, groups, turns, agree = [], [], [], [], [], [], []
-    for episode in episodes:
+    episode_ids: list[int] = []
+    turn_rewards: list[float] = []
+    anchors: list[str] = []
+    for e, episode in enumerate(episodes):
         skill_text = teacher_skills.retrieve(episode.task) if teacher_skills else None
+        penalty = env.for_task(episode.task).invalid_penalty  # a mix: the task's own env's c_inv
+        last = max((turn.index for turn in episode.turns), default=-1)
         for turn in episode.turns:
             prompts.append(turn.prompt_ids)
             if skill_text is not None:
                 teacher.append(policy.encoder.add_skill(turn.prompt_ids, skill_text))
             responses.append(turn.response_ids)
-            invalid = turn.action is None
-            rewards.append(episode.reward - (env.invalid_penalty if invalid else 0.0))
+            charge = penalty if turn.action is None else 0.0
+            rewards.append(episode.reward - charge)
+            turn_rewards.append((episode.reward if turn.index == last else 0.0) - charge)
             groups.append(episode.group)
             turns.append(turn.index)
+            episode_ids.append(e)
+            anchors.append(turn.anchor)
             agree.append(
                 -1 if turn.expert_action is None else int(turn.action == turn.expert_action)
             )
@@ -89,6 +111,9 @@ def build_batch(
         torch.tensor(groups),
         torch.tensor(turns),
         torch.tensor(agree),
+        torch.tensor(episode_ids),
+        torch.tensor(turn_rewards, dtype=torch.float32),
+        tuple(anchors),
     )
 
 
@@ -301,7 +326,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     single_pass = (
         spec.train.ppo_epochs == 1
         and spec.train.mini_batches == 1
-        and type(method).advantages is Method.advantages
+        and not method.advantages_read_old_logp()
     )
     old = None
     if not single_pass:
@@ -342,7 +367,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         teacher_topk_logp=topk_logp,
         vocab_size=policy.model.config.vocab_size,
     )
-    advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
+    extra = {"samples": batch.sample_info()} if method.needs_samples else {}
+    advantages = method.advantages(view, batch.rewards, batch.group_ids, step, **extra)  # [N, R]
     view = view.with_(advantages=advantages)
     update_metrics, first_logp = _update(state, batch, view, step)
     # Once per step, after all its updates: the rollout engine is next used by the next rollout.

@@ -93,6 +93,10 @@ class Env(ABC):
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
 
+    def for_task(self, task: Task) -> Env:
+        """The env that plays ``task``: this one (a multitask mix answers with its member)."""
+        return self
+
     # ---- tasks ---------------------------------------------------------------------------
     @abstractmethod
     def task(self, split: str, index: int) -> Task:
