@@ -195,3 +195,31 @@ def test_report_reads_a_multitask_run_as_one_row_per_env(mixed_results) -> None:
         assert (env, "SDAR (multitask)", "GRPO (multitask)", "final", "task") in pairs
     # ... and neither multitask row is compared with the single-env GRPO
     assert not [c for c in comparisons if c.baseline == "GRPO"]
+
+
+def test_mix_warm_start_data_covers_every_env_in_one_vocabulary() -> None:
+    """The mix's tiny model has the union vocabulary: every env's expert episodes encode with
+    exactly as few unknown words as under that env's own tokenizer (0 for ALFWorld and WebShop),
+    and the warm start's episodes are spread evenly over the envs."""
+    from sdar_bench.config import WarmStartSpec
+    from sdar_bench.policy import load_policy
+    from sdar_bench.warmstart import WARMSTART_SPLIT, expert_samples
+
+    env = make_env(MIX, **mix_params())
+    assert [env.task(WARMSTART_SPLIT, i).env for i in range(6)] == [
+        "alfworld", "webshop", "searchqa", "alfworld", "webshop", "searchqa",
+    ]  # fmt: skip
+    spec = WarmStartSpec(episodes=3, noise_without_skills=0.0)
+    mixed = load_policy("tiny-qwen-1m", 512, env=MIX)
+    assert len(expert_samples(env, mixed, spec, 0)) > 3  # one episode of each env, several turns
+
+    def unknown(policy, member) -> int:
+        unk = policy.tokenizer.convert_tokens_to_ids("<|unk|>")
+        return sum((p + r).count(unk) for p, r in expert_samples(member, policy, spec, 0))
+
+    for name, member in env.members.items():
+        own = load_policy("tiny-qwen-1m", 512, env=name)
+        assert len(mixed.tokenizer) > len(own.tokenizer)
+        assert unknown(mixed, member) == unknown(own, member)
+        if name != "searchqa":  # Search-QA's passages hold words outside any tiny vocabulary
+            assert unknown(mixed, member) == 0
