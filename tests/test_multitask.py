@@ -40,6 +40,9 @@ def test_split_counts_by_largest_remainder() -> None:
     assert split_counts(4, [1, 1, 1]) == [2, 1, 1]  # ties: the earlier env first
     assert split_counts(5, [0, 1, 1]) == [0, 3, 2]
     assert split_counts(7, [3, 2, 2]) == [3, 2, 2]
+    assert split_counts(7, [1, 1, 1, 1]) == [2, 2, 2, 1]  # 1.75 each: floors, then remainders
+    for count in range(13):
+        assert sum(split_counts(count, [0.5, 2.0, 1.0])) == count
 
 
 def test_each_step_draws_the_configured_share_of_tasks_per_env() -> None:
