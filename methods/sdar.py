@@ -15,6 +15,11 @@ Ablation axes (config, SPEC §4), all gates detached:
     gate "none"     g = 1
 ``teacher`` (live / frozen / ema [choice]) and ``retrieval`` are read by the trainer.
 
+Advantage (``advantage``): ``grpo`` (default) uses GRPO's group-normalised A in L_GRPO;
+``gigpo`` uses GiGPO's A = A_episode + ω·A_step (``methods/gigpo.py``, with its defaults
+γ 0.95, ω 1, mean/std normalisation), so a suite can ask whether SDAR's gain over its RL
+backbone survives a stronger backbone: compare ``sdar: {advantage: gigpo}`` with ``gigpo``.
+
 Divergence ablation (``divergence``, SPEC §4). ``reverse_sampled`` is the sampled-token term
 above (default). The full forms replace it by a per-token divergence D_t between the teacher's
 and the student's next-token distributions, with the same gate g_t (still from Δ_t, detached):
@@ -42,6 +47,7 @@ from pydantic import Field
 from sdar_bench.objectives import (
     TeacherParams,
     gap_metrics,
+    gigpo_advantages,
     grpo_objective,
     kl_from_logp,
     mixture_logp,
@@ -49,7 +55,7 @@ from sdar_bench.objectives import (
     renormalised,
     teacher_gap,
 )
-from sdar_bench.registry import Method
+from sdar_bench.registry import Method, SampleInfo
 from sdar_bench.token_view import TokenView, agg
 
 
@@ -73,6 +79,9 @@ class SDAR(Method):
         """k of the full forms: both distributions are renormalised over the teacher's k likeliest
         tokens per position; k ≥ |V| is the exact full vocabulary. The trainer keeps the teacher's
         ids and log-probs for every response token: N·T·k·12 bytes of CPU memory per step."""
+        advantage: Literal["grpo", "gigpo"] = "grpo"
+        """The RL backbone's advantage: GRPO's (default) or GiGPO's episode + anchor-state
+        step advantage (γ 0.95, ω 1)."""
 
     name = "sdar"
     label = "SDAR"
@@ -81,6 +90,24 @@ class SDAR(Method):
     needs_teacher = True
     student_sees_skills = False
     eval_skill_modes = (False,)
+    needs_samples = True  # only read with advantage: gigpo
+    reads_old_logp = False
+
+    def advantages(
+        self,
+        view: TokenView,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        step: int,
+        samples: SampleInfo | None = None,
+    ) -> torch.Tensor:
+        """GRPO's advantage, or GiGPO's with ``advantage: gigpo`` ([B, T])."""
+        if self.params.advantage == "grpo":
+            return super().advantages(view, rewards, group_ids, step)
+        if samples is None:
+            raise ValueError("sdar with advantage: gigpo needs samples=SampleInfo(...)")
+        adv, _ = gigpo_advantages(rewards, samples)  # [N]
+        return adv.to(view.mask.dtype)[:, None] * view.mask  # [B, T]
 
     def gate(self, view: TokenView, delta: torch.Tensor) -> torch.Tensor:
         """g_t [B, T], no gradient (Δ and h are detached)."""

@@ -218,12 +218,18 @@ class SuiteSpec(Strict):
     """Suite name; results land in ``results/<name>/``: letters, digits, ``-``, ``_`` and ``.``
     (not only dots), at most 100 characters."""
     models: list[str] = Field(min_length=1)
-    envs: list[str] = Field(min_length=1)
+    envs: list[str | list[str]] = Field(min_length=1)
+    """Env names; a list of names is one multitask run on all of them at once
+    (``envs: [alfworld, [alfworld, webshop, searchqa]]``: ALFWorld alone, then the mix)."""
     methods: list[MethodEntry] = Field(min_length=1)
     """Method names, or ``{name: {param: value}}``; a list of values expands the grid."""
     seeds: list[Seed] = Field([0], min_length=1, max_length=MAX_SEEDS)
     env_params: dict[str, dict[str, Any]] = {}
-    """Per-env engine settings, e.g. ``{alfworld: {max_turns: 10}}``."""
+    """Per-env engine settings, e.g. ``{alfworld: {max_turns: 10}}``; a multitask mix uses each
+    member's own (its turn limit, its ``invalid_penalty``)."""
+    mix_weights: dict[str, Annotated[float, Field(ge=0)]] = {}
+    """Share of each step's tasks per env in a multitask mix, e.g. ``{alfworld: 2, webshop: 1,
+    searchqa: 1}`` (normalised; an env left out weighs 1). Only for mixes."""
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     warmstart: WarmStartSpec = WarmStartSpec()
@@ -266,12 +272,25 @@ class SuiteSpec(Strict):
                 f"name: at most {MAX_NAME_LENGTH - len(BEST_SUFFIX)} characters in a suite with "
                 f"a tune: block (its best parameters are saved as the suite <name>{BEST_SUFFIX})"
             )
-        for env in self.envs:
-            if env not in ENVS:
-                raise ValueError(f"envs: unknown env {env!r} (known: {', '.join(sorted(ENVS))})")
+        members: list[str] = []
+        for entry in self.envs:
+            names = entry if isinstance(entry, list) else [entry]
+            for env in names:
+                if env not in ENVS:
+                    raise ValueError(
+                        f"envs: unknown env {env!r} (known: {', '.join(sorted(ENVS))})"
+                    )
+            if isinstance(entry, list) and (len(entry) < 2 or len(set(entry)) != len(entry)):
+                raise ValueError(
+                    f"envs: a multitask mix lists two or more distinct envs; got {entry}"
+                )
+            members += names
         for env in self.env_params:
-            if env not in self.envs:
+            if env not in members:
                 raise ValueError(f"env_params: {env!r} is not in envs {self.envs}")
+        for env in self.mix_weights:
+            if not any(isinstance(e, list) and env in e for e in self.envs):
+                raise ValueError(f"mix_weights: {env!r} is in no multitask mix of envs")
         for name, params in self.method_items():
             if name not in method_names():
                 raise ValueError(
@@ -293,7 +312,7 @@ class SuiteSpec(Strict):
             combos += math.prod(len(v) if isinstance(v, list) else 1 for v in params.values())
         factors = {
             "models": len(self.models),
-            "envs": len(self.envs),
+            "envs": len(self.env_names),
             "methods": combos,
             "seeds": len(self.seeds),
         }
@@ -314,11 +333,12 @@ class SuiteSpec(Strict):
                     raise ValueError(
                         f"methods.{name}.{key}: empty list of values; give at least one"
                     )
-        for axis in ("models", "envs", "seeds"):
+        for axis in ("models", "env_names", "seeds"):
             counts = Counter(getattr(self, axis))  # one pass: a long list is not quadratic
             twice = sorted(str(v) for v, n in counts.items() if n > 1)
             if twice:
-                raise ValueError(f"{axis}: {', '.join(twice)} listed twice; list each once")
+                field = "envs" if axis == "env_names" else axis
+                raise ValueError(f"{field}: {', '.join(twice)} listed twice; list each once")
         seen: set[str] = set()
         for name, params in self.method_items():
             for combo in _expand(params):
@@ -332,7 +352,7 @@ class SuiteSpec(Strict):
         from sdar_bench.registry import get_method_class
 
         names = [name for name, _ in self.method_items()]
-        axes = {"model": self.models, "env": self.envs, "method": names, "seed": self.seeds}
+        axes = {"model": self.models, "env": self.env_names, "method": names, "seed": self.seeds}
         for i, override in enumerate(self.overrides):
             where = f"overrides.{i}"
             for axis, wanted in override.when.items():
@@ -372,6 +392,13 @@ class SuiteSpec(Strict):
                             f"{where}.method_params.{describe(exc)} (for {owner})"
                         ) from None
 
+    @property
+    def env_names(self) -> list[str]:
+        """The run-level env names: a multitask mix is its members joined by ``+``."""
+        from sdar_bench.envs.mix import mix_name
+
+        return [mix_name(e) if isinstance(e, list) else e for e in self.envs]
+
     def method_items(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
         for entry in self.methods:
@@ -386,12 +413,24 @@ class SuiteSpec(Strict):
         """The grid: models × envs × methods (× parameter lists) × seeds, in a stable order."""
         runs = []
         for model in self.models:
-            for env in self.envs:
+            for env in self.env_names:
                 for name, params in self.method_items():
                     for combo in _expand(params):
                         for seed in self.seeds:
                             runs.append(self._run(model, env, name, combo, seed))
         return runs
+
+    def _env_params(self, env: str) -> dict[str, Any]:
+        """A run's env settings; for a mix ``a+b``: ``{a: {...}, b: {...}, mix_weights: {...}}``
+        (envs/mix.py), each member's from ``env_params``, the weights from ``mix_weights``."""
+        from sdar_bench.envs.mix import WEIGHTS_KEY, is_mix, mix_members
+
+        if not is_mix(env):
+            return dict(self.env_params.get(env, {}))
+        members = mix_members(env)
+        out: dict[str, Any] = {m: dict(self.env_params.get(m, {})) for m in members}
+        out[WEIGHTS_KEY] = {m: float(self.mix_weights.get(m, 1.0)) for m in members}
+        return out
 
     def _run(self, model: str, env: str, method: str, params: dict[str, Any], seed: int) -> RunSpec:
         """One run's spec: the shared settings, then each matching override in order."""
@@ -401,7 +440,7 @@ class SuiteSpec(Strict):
             "train": self.train.model_dump(),
             "eval": self.eval.model_dump(),
             "warmstart": self.warmstart.model_dump(),
-            "env_params": dict(self.env_params.get(env, {})),
+            "env_params": self._env_params(env),
             "policy": self.policy.model_dump(),
         }
         accepted = get_method_class(method).Params.model_fields
@@ -664,10 +703,13 @@ def _runs_problem(suite: SuiteSpec) -> str | None:
         env_key = json.dumps(["env", spec.env, spec.env_params], sort_keys=True)
         if env_key not in seen:
             seen.add(env_key)
-            try:
-                strict_validate(ENVS[spec.env].Params, spec.env_params)
-            except ValidationError as exc:
-                return describe(exc, prefix=f"env_params.{spec.env}")
+            members = spec.env.split("+")
+            for env in members:  # a mix: each member's own settings
+                params = spec.env_params.get(env, {}) if len(members) > 1 else spec.env_params
+                try:
+                    strict_validate(ENVS[env].Params, params)
+                except ValidationError as exc:
+                    return describe(exc, prefix=f"env_params.{env}")
         method_key = json.dumps(["method", spec.method, spec.method_params], sort_keys=True)
         if method_key not in seen:
             seen.add(method_key)

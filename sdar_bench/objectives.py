@@ -17,6 +17,7 @@ full-vocabulary divergences of SDAR's ablation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -25,7 +26,7 @@ from pydantic import Field
 # re-exported: they moved below the registry, whose default advantages hook uses them
 from sdar_bench.advantages import STD_EPS as STD_EPS
 from sdar_bench.advantages import group_advantages as group_advantages
-from sdar_bench.registry import MethodParams
+from sdar_bench.registry import MethodParams, SampleInfo
 from sdar_bench.token_view import TokenView, agg
 
 KL_CLAMP = 10.0
@@ -61,6 +62,87 @@ class TeacherParams(SkillParams):
 
 
 # --------------------------------------------------------------------------- advantages
+
+
+def group_normalised(
+    values: torch.Tensor, group_ids: torch.Tensor, scale: bool = True
+) -> torch.Tensor:
+    """``(v − mean_group) / (std_group + 1e-6)`` [N] (``scale``), or ``v − mean_group`` [N].
+
+    The same group statistics as ``group_advantages`` (unbiased std; a one-member group gets 0
+    either way, as its value is its own mean). GiGPO's two normalisation modes.
+    """
+    if scale:
+        return group_advantages(values, group_ids)
+    values = values.detach().float()  # [N]
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N] group index 0..K-1
+    k = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    count = torch.zeros(k).index_add_(0, inverse, torch.ones_like(values))  # [K]
+    total = torch.zeros(k).index_add_(0, inverse, values)  # [K]
+    return values - (total / count)[inverse]  # [N]
+
+
+def discounted_returns(
+    turn_rewards: torch.Tensor, episode_ids: torch.Tensor, turn_index: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """G_t = Σ_{k ≥ t} γ^(k−t)·r_k [N]: each turn's discounted return over the rest of its episode.
+
+    ``turn_rewards`` [N] holds r_t, ``episode_ids`` [N] and ``turn_index`` [N] say which episode
+    and which turn each sample is; samples may come in any order. Computed backwards per episode:
+    G_last = r_last, G_t = r_t + γ·G_{t+1}.
+    """
+    returns = torch.zeros(len(turn_rewards), dtype=torch.float32)  # [N]
+    rewards = turn_rewards.detach().float()
+    for episode in episode_ids.unique():
+        rows = (episode_ids == episode).nonzero().flatten()  # [n] this episode's samples
+        rows = rows[torch.argsort(turn_index[rows])]  # in turn order
+        running = 0.0
+        for row in reversed(rows.tolist()):
+            running = rewards[row].item() + gamma * running
+            returns[row] = running
+    return returns  # [N]
+
+
+def anchor_groups(group_ids: torch.Tensor, anchors: Sequence[str]) -> torch.Tensor:
+    """[N] an id per (task group, anchor state): GiGPO's step-level groups. Samples share an id
+    exactly when they are of the same task group and their anchor texts are equal."""
+    ids: dict[tuple[int, str], int] = {}
+    out = [
+        ids.setdefault((int(g), a), len(ids))
+        for g, a in zip(group_ids.tolist(), anchors, strict=True)
+    ]
+    return torch.tensor(out, dtype=torch.long)  # [N]
+
+
+GIGPO_GAMMA = 0.95
+"""γ of GiGPO's step-level discounted return (verl-agent's ALFWorld scripts)."""
+GIGPO_OMEGA = 1.0
+"""ω, the weight of GiGPO's step-level advantage (verl-agent's ALFWorld scripts)."""
+
+
+def gigpo_advantages(
+    rewards: torch.Tensor,
+    samples: SampleInfo,
+    gamma: float = GIGPO_GAMMA,
+    omega: float = GIGPO_OMEGA,
+    scale: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GiGPO's per-sample advantage ``A = A_episode + ω·A_step`` [N] (``methods/gigpo.py`` has the
+    maths) and its diagnostics: the mean anchor-group size and the share of samples whose anchor
+    group has one member (their A_step is 0)."""
+    a_episode = group_normalised(rewards, samples.group_ids, scale)  # [N]
+    returns = discounted_returns(
+        samples.turn_rewards, samples.episode_ids, samples.turn_index, gamma
+    )  # [N]
+    anchor = anchor_groups(samples.group_ids, samples.anchors)  # [N]
+    a_step = group_normalised(returns, anchor, scale)  # [N]
+    sizes = torch.bincount(anchor)[anchor].float()  # [N] size of each sample's anchor group
+    metrics = {
+        "gigpo/anchor_group_size": sizes.mean().item() if len(sizes) else 0.0,
+        "gigpo/singleton_share": (sizes == 1).float().mean().item() if len(sizes) else 0.0,
+        "gigpo/step_adv_abs": a_step.abs().mean().item() if len(sizes) else 0.0,
+    }
+    return a_episode + omega * a_step, metrics
 
 
 # --------------------------------------------------------------------------- per-token terms

@@ -5,11 +5,22 @@ answers to the trainer's questions (``trains``, ``needs_teacher``, ``student_see
 ``advantages`` hook (GRPO's group normalisation unless the method reshapes it), optionally how
 much of the teacher's distribution it needs (``teacher_topk``) and ``loss`` on one mini-batch. Methods are discovered through the entry-point group ``sdar_bench.methods``, so a
 third-party package can add one without touching this repository.
+
+The advantages contract. The trainer calls ``advantages(view, rewards, group_ids, step)`` with
+one entry per turn sample (``rewards`` [N], ``group_ids`` [N]) and expects ``[N, T]`` back. A
+method that needs more of the batch's structure than the task group (GiGPO: which episode a
+sample is from, its turn number, the state it was taken in) sets ``needs_samples = True`` and
+then also gets ``samples=SampleInfo(...)`` as a keyword; methods that do not set it are called
+exactly as before, so a method written for the four-argument form keeps working unchanged.
+``reads_old_logp`` says whether ``advantages`` reads ``view.old_logp`` (RLSD does): when it
+does not, the trainer may skip the separate scoring pass that fills it (one PPO epoch, one
+mini-batch); None (the default) means "only if the method overrides ``advantages``".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
@@ -19,6 +30,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sdar_bench.token_view import TokenView
 
 ENTRY_POINT_GROUP = "sdar_bench.methods"
+
+
+@dataclass(frozen=True)
+class SampleInfo:
+    """Where each turn sample of a step's batch comes from (one entry per sample, ``[N]``).
+
+    Passed to ``Method.advantages`` as ``samples=`` when the method sets ``needs_samples``.
+    """
+
+    group_ids: torch.Tensor
+    """[N] the task group (GRPO's group): the task's index within the step."""
+    episode_ids: torch.Tensor
+    """[N] the episode (one of the G copies of a task): unique within the step."""
+    turn_index: torch.Tensor
+    """[N] the turn number within its episode, from 0."""
+    turn_rewards: torch.Tensor
+    """[N] the turn's own reward r_t: the episode reward R on the episode's last turn, 0 on
+    the others, minus the env's invalid-action penalty c_inv on an invalid turn. Summed over an
+    episode it is R − c_inv·(invalid turns). (``rewards`` gives R − c_inv·invalid to every turn.)"""
+    anchors: tuple[str, ...]
+    """[N] the state the turn was taken in, as text (``rollout.Turn.anchor``: the current
+    observation and the admissible actions); equal texts within a task group are one state."""
+
+    def __len__(self) -> int:
+        return len(self.anchors)
 
 
 class MethodParams(BaseModel):
@@ -51,14 +87,26 @@ class Method:
     student_sees_skills: ClassVar[bool] = False
     eval_skill_modes: ClassVar[tuple[bool, ...]] = (False,)
     """Evaluate without skills (False), with skills (True), or both (Skill-GRPO / Skill-GRPO*)."""
+    needs_samples: ClassVar[bool] = False
+    """True: ``advantages`` also gets ``samples=SampleInfo(...)`` (episodes, turns, states)."""
+    reads_old_logp: ClassVar[bool | None] = None
+    """Whether ``advantages`` reads ``view.old_logp``; None: iff it overrides ``advantages``."""
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
 
     def advantages(
-        self, view: TokenView, rewards: torch.Tensor, group_ids: torch.Tensor, step: int
+        self,
+        view: TokenView,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        step: int,
+        samples: SampleInfo | None = None,
     ) -> torch.Tensor:
-        """Per-token advantages ``[B, T]``; GRPO's group-normalised reward by default."""
+        """Per-token advantages ``[B, T]``; GRPO's group-normalised reward by default.
+
+        ``samples`` is given only to methods with ``needs_samples`` (see the module docstring).
+        """
         from sdar_bench.advantages import group_advantages
 
         return group_advantages(rewards, group_ids)[:, None] * view.mask  # [B, T]
@@ -72,6 +120,13 @@ class Method:
 
     def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError(f"method {self.name!r} does not train")
+
+    @classmethod
+    def advantages_read_old_logp(cls) -> bool:
+        """Whether the trainer must fill ``view.old_logp`` before calling ``advantages``."""
+        if cls.reads_old_logp is not None:
+            return cls.reads_old_logp
+        return cls.advantages is not Method.advantages
 
     @classmethod
     def row_label(cls, with_skills: bool) -> str:

@@ -26,6 +26,17 @@ class Turn:
     response_text: str
     action: str | None  # the parsed action; None for an invalid turn
     expert_action: str | None  # the expert's action in that state, where the engine knows it
+    anchor: str = ""  # the state the turn was taken in: observation text + admissible actions
+
+
+def anchor_text(observation: Observation) -> str:
+    """A turn's state as text, GiGPO's anchor key: the env's current observation and, where the
+    env has them, the admissible actions (they carry state the text may not, e.g. what the
+    agent holds). The task's goal is the same within a task group; history and turn number are
+    left out, so one state reached along two paths is one anchor."""
+    if observation.admissible is None:
+        return observation.text
+    return observation.text + "\n[admissible] " + " | ".join(observation.admissible)
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Episode:
 @dataclass
 class _Live:
     episode: Episode
+    env: Env  # the env that plays the task (a mix's member)
     game: Game
     observation: Observation
     history: list[tuple[str, str]] = field(default_factory=list)
@@ -72,18 +84,28 @@ def collect(
         skill_text = skills.retrieve(task) if skills is not None else None
         for _ in range(group_size):
             game = env.new_game(task)
-            states.append(_Live(Episode(task, group), game, game.reset(), skill_text=skill_text))
+            states.append(
+                _Live(
+                    Episode(task, group),
+                    env.for_task(task),
+                    game,
+                    game.reset(),
+                    skill_text=skill_text,
+                )
+            )
 
-    history_length = env.params.history_length
-    for turn in range(env.params.max_turns):
-        live = [s for s in states if not s.observation.done]
+    for turn in range(env.params.max_turns):  # a mix: the longest limit; each game ends at its own
+        live = [s for s in states if not s.observation.done and turn < s.env.params.max_turns]
         if not live:
             break
         if on_turn is not None:
             on_turn(turn, len(live))
         prompts = [
-            env.render_prompt(
-                s.episode.task, s.history[len(s.history) - history_length :], s.observation, turn
+            s.env.render_prompt(
+                s.episode.task,
+                s.history[len(s.history) - s.env.params.history_length :],
+                s.observation,
+                turn,
             )
             for s in live
         ]
@@ -93,13 +115,24 @@ def collect(
         responses = backend.generate(prompt_ids, max_new_tokens, temperature, seed * 100_003 + turn)
         for s, prompt, ids, response in zip(live, prompts, prompt_ids, responses, strict=True):
             text = policy.tokenizer.decode(response, skip_special_tokens=True)
-            parsed = env.parse(text, s.observation.admissible)
+            parsed = s.env.parse(text, s.observation.admissible)
             expert = s.game.expert_action()
-            s.episode.turns.append(Turn(turn, prompt, ids, response, text, parsed.action, expert))
+            s.episode.turns.append(
+                Turn(
+                    turn,
+                    prompt,
+                    ids,
+                    response,
+                    text,
+                    parsed.action,
+                    expert,
+                    anchor_text(s.observation),
+                )  # fmt: skip
+            )
             s.history.append((s.observation.text, parsed.action or INVALID_ACTION_TEXT))
             s.observation = s.game.step(parsed.action)
 
     for s in states:
         s.episode.score = s.game.score()
-        s.episode.reward = env.episode_reward(s.game)
+        s.episode.reward = s.env.episode_reward(s.game)
     return [s.episode for s in states]

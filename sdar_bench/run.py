@@ -40,6 +40,7 @@ from sdar_bench.checkpoint import (
 )
 from sdar_bench.config import RunSpec
 from sdar_bench.envs import ENVS
+from sdar_bench.envs.mix import is_mix, mix_members
 from sdar_bench.jsonl import (
     append_jsonl,
     read_jsonl,
@@ -189,7 +190,7 @@ def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, 
     except RunFailed as exc:
         status, reason = "failed", str(exc)
 
-    result = summarize(evals, ENVS[spec.env].table_columns()[-1])
+    result = summarize_run(spec, evals)
     result.update(
         {
             "run_id": spec.run_id,
@@ -291,7 +292,11 @@ def _log_problem(spec: RunSpec, run_dir: Path, step: int) -> str | None:
     if kept != list(range(1, step + 1)):
         return f"metrics.jsonl does not hold exactly steps 1..{step} (torn or missing lines)"
     # one row per (panel, skill mode) of every evaluation, in eval.jsonl and episodes.jsonl
-    per_eval = len(get_method_class(spec.method).eval_skill_modes) * len(spec.eval.panels)
+    per_eval = (
+        len(get_method_class(spec.method).eval_skill_modes)
+        * len(spec.eval.panels)
+        * len(mix_members(spec.env))  # a multitask mix: one row per member env
+    )
     due = [s for s in due_evaluations(spec, step) for _ in range(per_eval)]
     for log in ("eval.jsonl", EPISODES_FILE):
         rows = [r for r in read_jsonl(run_dir / log) if isinstance(r.get("step"), int)]
@@ -310,6 +315,19 @@ def _keep_rows(path: Path, last_step: int) -> list[dict[str, Any]]:
     if path.exists():
         write_jsonl_atomic(path, rows)
     return rows
+
+
+def summarize_run(spec: RunSpec, evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """``summarize`` with the env's headline metric. A multitask run's ``final`` and ``best``
+    are empty and ``by_env`` holds each member's ``summarize`` of its own rows: the report reads
+    each member as a run of that env labelled "<method> (multitask)"."""
+    if not is_mix(spec.env):
+        return summarize(evals, ENVS[spec.env].table_columns()[-1])
+    by_env = {
+        env: summarize([r for r in evals if r.get("env") == env], ENVS[env].table_columns()[-1])
+        for env in mix_members(spec.env)
+    }
+    return {"final": {}, "best": {}, "selection": "valid", "by_env": by_env}
 
 
 def summarize(evals: list[dict[str, Any]], select_on: str = "success/all") -> dict[str, Any]:

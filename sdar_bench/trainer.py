@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from sdar_bench.config import RunSpec
 from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
+from sdar_bench.envs.mix import is_mix
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend, make_backend
 from sdar_bench.policy.scoring import (
@@ -36,9 +37,9 @@ from sdar_bench.policy.scoring import (
     score_responses,
     score_topk_in_chunks,
 )
-from sdar_bench.registry import Method, get_method, get_method_class
+from sdar_bench.registry import Method, SampleInfo, get_method, get_method_class
 from sdar_bench.rollout import Episode, collect
-from sdar_bench.skills import SkillRetriever
+from sdar_bench.skills import MixRetriever, SkillRetriever, make_retriever
 from sdar_bench.token_view import TokenView
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -55,6 +56,20 @@ class Batch:
     group_ids: torch.Tensor  # [N] GRPO group = task index within the step
     turn_index: torch.Tensor  # [N]
     expert_agree: torch.Tensor  # [N] 1 sampled == expert, 0 differs, -1 unknown
+    episode_ids: torch.Tensor | None = None  # [N] the episode's index within the step
+    turn_rewards: torch.Tensor | None = None  # [N] r_t: R on the last turn, − c_inv if invalid
+    anchors: tuple[str, ...] = ()  # [N] the state of each turn (rollout.Turn.anchor)
+
+    def sample_info(self) -> SampleInfo:
+        """What ``Method.advantages`` gets as ``samples`` when the method asks for it."""
+        assert self.episode_ids is not None and self.turn_rewards is not None
+        return SampleInfo(
+            group_ids=self.group_ids,
+            episode_ids=self.episode_ids,
+            turn_index=self.turn_index,
+            turn_rewards=self.turn_rewards,
+            anchors=self.anchors,
+        )
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -64,20 +79,28 @@ def build_batch(
     episodes: Sequence[Episode],
     env: Env,
     policy: Policy,
-    teacher_skills: SkillRetriever | None,
+    teacher_skills: SkillRetriever | MixRetriever | None,
 ) -> Batch:
     prompts, teacher, responses, rewards, groups, turns, agree = [], [], [], [], [], [], []
-    for episode in episodes:
+    episode_ids: list[int] = []
+    turn_rewards: list[float] = []
+    anchors: list[str] = []
+    for e, episode in enumerate(episodes):
         skill_text = teacher_skills.retrieve(episode.task) if teacher_skills else None
+        penalty = env.for_task(episode.task).invalid_penalty  # a mix: the task's own env's c_inv
+        last = max((turn.index for turn in episode.turns), default=-1)
         for turn in episode.turns:
             prompts.append(turn.prompt_ids)
             if skill_text is not None:
                 teacher.append(policy.encoder.add_skill(turn.prompt_ids, skill_text))
             responses.append(turn.response_ids)
-            invalid = turn.action is None
-            rewards.append(episode.reward - (env.invalid_penalty if invalid else 0.0))
+            charge = penalty if turn.action is None else 0.0
+            rewards.append(episode.reward - charge)
+            turn_rewards.append((episode.reward if turn.index == last else 0.0) - charge)
             groups.append(episode.group)
             turns.append(turn.index)
+            episode_ids.append(e)
+            anchors.append(turn.anchor)
             agree.append(
                 -1 if turn.expert_action is None else int(turn.action == turn.expert_action)
             )
@@ -89,6 +112,9 @@ def build_batch(
         torch.tensor(groups),
         torch.tensor(turns),
         torch.tensor(agree),
+        torch.tensor(episode_ids),
+        torch.tensor(turn_rewards, dtype=torch.float32),
+        tuple(anchors),
     )
 
 
@@ -107,9 +133,9 @@ class RunState:
     panels: dict[
         str, list[Task]
     ]  # "test" (reported) and "valid" (selection), see evaluation_panels
-    train_skills: SkillRetriever | None  # skills in the student prompt (Skill-GRPO)
-    teacher_skills: SkillRetriever | None  # skills in the teacher prompt
-    eval_skills: SkillRetriever
+    train_skills: SkillRetriever | MixRetriever | None  # skills in the student prompt (Skill-GRPO)
+    teacher_skills: SkillRetriever | MixRetriever | None  # skills in the teacher prompt
+    eval_skills: SkillRetriever | MixRetriever
     nonfinite_steps: int = 0  # steps whose every update was skipped for a non-finite value
     nonfinite_in_a_row: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -124,7 +150,7 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
         params.setdefault("c_kl", env.default_c_kl)
     method = get_method(spec.method, **params)
     retrieval = getattr(method.params, "retrieval", "keyword")
-    skills = SkillRetriever(env.name, retrieval, spec.seed)
+    skills = make_retriever(env.name, retrieval, spec.seed)
 
     reference = teacher = optimizer = None
     if method.trains:
@@ -155,7 +181,7 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
         panels=evaluation_panels(env, spec),
         train_skills=skills if method.student_sees_skills else None,
         teacher_skills=skills if method.needs_teacher else None,
-        eval_skills=SkillRetriever(env.name, retrieval, spec.seed),
+        eval_skills=make_retriever(env.name, retrieval, spec.seed),
     )
 
 
@@ -201,49 +227,78 @@ def episode_record(
     }
 
 
+MULTITASK = " (multitask)"
+"""Appended to a multitask run's row labels ("SDAR (multitask)"), so its per-env numbers sit
+beside the single-env runs of the same method in one table without being taken for them."""
+
+
+def row_label(state: RunState, with_skills: bool) -> str:
+    """The eval label of the run's policy: the method's, marked when it trained on a mix."""
+    label = state.method.row_label(with_skills)
+    return label + MULTITASK if is_mix(state.env.name) else label
+
+
 def evaluate(state: RunState, step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Play each fixed panel once per skill mode of the method.
 
-    Returns one summary row per (panel, mode) for ``eval.jsonl`` and the matching per-episode
-    records for ``episodes.jsonl``.
+    Returns one summary row per (panel, mode, env) for ``eval.jsonl`` and the matching
+    per-episode records for ``episodes.jsonl``; every row names its ``env``. A multitask mix
+    evaluates each member on its own panel with that member's protocol (its temperature), one
+    row per member, so each env's numbers are those of a single-env run of it.
     """
-    spec, env = state.spec, state.env
-    temperature = env.eval_temperature if spec.eval.temperature is None else spec.eval.temperature
     rows, records = [], []
     for panel, tasks in state.panels.items():
+        by_env: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_env.setdefault(task.env, []).append(task)
         for with_skills in state.method.eval_skill_modes:
-            start = time.perf_counter()
-            episodes = collect(
-                state.policy,
-                state.backend,
-                env,
-                tasks,
-                1,
-                temperature=temperature,
-                max_new_tokens=spec.train.max_new_tokens,
-                # The same sampling noise at every evaluation: differences come from the weights.
-                seed=spec.seed + 7_919,
-                skills=state.eval_skills if with_skills else None,
-            )
-            label = state.method.row_label(with_skills)
-            row: dict[str, Any] = {
-                "step": step,
-                "panel": panel,
-                "with_skills": with_skills,
-                "label": label,
-                "panel_hash": env.panel_hash(tasks),
-                "panel_size": len(tasks),
-                "temperature": temperature,
-            }
-            row.update(env.metrics([(e.task, e.score) for e in episodes]))
-            row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
-            turns = [t for e in episodes for t in e.turns]
-            row["turns/mean"] = len(turns) / len(episodes)
-            row["invalid/ratio"] = sum(t.action is None for t in turns) / max(len(turns), 1)
-            row["time/eval"] = time.perf_counter() - start
-            rows.append(row)
-            records.append(episode_record(step, label, panel, with_skills, episodes))
+            for env_tasks in by_env.values():
+                env = state.env.for_task(env_tasks[0])
+                row, record = _evaluate_panel(state, env, env_tasks, with_skills, step)
+                row["panel"] = record["panel"] = panel
+                rows.append(row)
+                records.append(record)
     return rows, records
+
+
+def _evaluate_panel(
+    state: RunState, env: Env, tasks: list[Task], with_skills: bool, step: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = state.spec
+    temperature = env.eval_temperature if spec.eval.temperature is None else spec.eval.temperature
+    start = time.perf_counter()
+    episodes = collect(
+        state.policy,
+        state.backend,
+        env,
+        tasks,
+        1,
+        temperature=temperature,
+        max_new_tokens=spec.train.max_new_tokens,
+        # The same sampling noise at every evaluation: differences come from the weights.
+        seed=spec.seed + 7_919,
+        skills=state.eval_skills if with_skills else None,
+    )
+    label = row_label(state, with_skills)
+    row: dict[str, Any] = {
+        "step": step,
+        "panel": "",
+        "with_skills": with_skills,
+        "label": label,
+        "env": env.name,
+        "panel_hash": env.panel_hash(tasks),
+        "panel_size": len(tasks),
+        "temperature": temperature,
+    }
+    row.update(env.metrics([(e.task, e.score) for e in episodes]))
+    row["score/mean"] = 100.0 * sum(e.score for e in episodes) / len(episodes)
+    turns = [t for e in episodes for t in e.turns]
+    row["turns/mean"] = len(turns) / len(episodes)
+    row["invalid/ratio"] = sum(t.action is None for t in turns) / max(len(turns), 1)
+    row["time/eval"] = time.perf_counter() - start
+    record = episode_record(step, label, "", with_skills, episodes)
+    record["env"] = env.name
+    return row, record
 
 
 def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
@@ -301,7 +356,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     single_pass = (
         spec.train.ppo_epochs == 1
         and spec.train.mini_batches == 1
-        and type(method).advantages is Method.advantages
+        and not method.advantages_read_old_logp()
     )
     old = None
     if not single_pass:
@@ -345,7 +400,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         teacher_topk_logp=topk_logp,
         vocab_size=policy.model.config.vocab_size,
     )
-    advantages = method.advantages(view, batch.rewards, batch.group_ids, step)  # [N, R]
+    extra = {"samples": batch.sample_info()} if method.needs_samples else {}
+    advantages = method.advantages(view, batch.rewards, batch.group_ids, step, **extra)  # [N, R]
     view = view.with_(advantages=advantages)
     update_metrics, first_logp = _update(state, batch, view, step)
     # Once per step, after all its updates: the rollout engine is next used by the next rollout.
@@ -376,7 +432,22 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     }
     if teach is not None:
         metrics.update(_gap_diagnostics(batch, teach, first_logp if old is None else old, mask))
+    if is_mix(env.name):
+        metrics.update(per_env_metrics(episodes))
     return metrics
+
+
+def per_env_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """A multitask step's numbers per env: ``<env>/tasks`` (distinct tasks drawn),
+    ``<env>/success/train``, ``<env>/reward/mean`` (episode reward) and ``<env>/turns/mean``."""
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(e.task.env for e in episodes):
+        mine = [e for e in episodes if e.task.env == name]
+        out[f"{name}/tasks"] = len({e.task.id for e in mine})
+        out[f"{name}/success/train"] = sum(e.won for e in mine) / len(mine)
+        out[f"{name}/reward/mean"] = sum(e.reward for e in mine) / len(mine)
+        out[f"{name}/turns/mean"] = sum(len(e.turns) for e in mine) / len(mine)
+    return out
 
 
 def _layout(batch: Batch) -> tuple[int, int, torch.Tensor]:

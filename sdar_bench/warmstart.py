@@ -23,7 +23,7 @@ import torch
 from sdar_bench.config import RunSpec, WarmStartSpec
 from sdar_bench.envs.base import Env, task_seed
 from sdar_bench.paths import cache_dir
-from sdar_bench.skills import SkillRetriever
+from sdar_bench.skills import make_retriever
 
 if TYPE_CHECKING:
     from sdar_bench.policy.model import Policy
@@ -35,11 +35,13 @@ def expert_samples(
     env: Env, policy: Policy, spec: WarmStartSpec, seed: int
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) for every turn of ``spec.episodes`` noisy expert episodes."""
-    retriever = SkillRetriever(env.name, "keyword")
+    retriever = make_retriever(env.name, "keyword")
     samples = []
+    mix = env
     for i in range(spec.episodes):
         rng = random.Random(task_seed("warmstart", seed, i))
-        task = env.task(WARMSTART_SPLIT, i)
+        task = mix.task(WARMSTART_SPLIT, i)
+        env = mix.for_task(task)  # a multitask mix: the task's own env (its rules and limits)
         with_skills = rng.random() < spec.skill_share
         noise = spec.noise_with_skills if with_skills else spec.noise_without_skills
         skill_text = retriever.retrieve(task) if with_skills else None

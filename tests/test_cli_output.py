@@ -132,7 +132,7 @@ def test_methods_and_envs_list_everything_whole_at_80_columns() -> None:
     flat = " ".join(text.split())  # undo rich's wrapping at word boundaries
     rows = json.loads(cli("methods", "--format", "json").stdout)
     assert [r["name"] for r in rows] == [
-        "grpo", "grpo_opsd", "opsd", "rlsd", "sdar", "skill_grpo", "skill_prompt", "skill_sd",
+        "gigpo", "grpo", "grpo_opsd", "opsd", "rlsd", "sdar", "skill_grpo", "skill_prompt", "skill_sd",
         "vanilla",
     ]  # fmt: skip
     for row in rows:

@@ -17,6 +17,12 @@ ENVS: dict[str, type[Env]] = {
 
 
 def make_env(name: str, **params: Any) -> Env:
+    """The env ``name`` with its settings; ``a+b+c`` is a multitask mix of those envs, whose
+    settings are each member's (``{a: {...}, b: {...}}``) and ``mix_weights`` (envs/mix.py)."""
+    from sdar_bench.envs.mix import MixEnv, is_mix
+
+    if is_mix(name):
+        return MixEnv(name, ENVS, **params)
     if name not in ENVS:
         raise KeyError(f"unknown env {name!r}; known: {', '.join(sorted(ENVS))}")
     return ENVS[name](**params)

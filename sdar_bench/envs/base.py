@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdar_bench.envs.parsing import ParsedTurn, parse_action_response
 
@@ -83,6 +83,9 @@ class EnvParams(BaseModel):
     """Turns per episode before it ends unsolved."""
     history_length: int = 2
     """How many past (observation, action) pairs the prompt shows."""
+    invalid_penalty: float | None = Field(None, ge=0)
+    """c_inv, taken from a turn whose output does not parse (SPEC §1); None: the env's default
+    (0.1 ALFWorld/WebShop, 0.01 Search-QA). Per env, so a multitask mix keeps each env's own."""
 
 
 class Env(ABC):
@@ -100,6 +103,12 @@ class Env(ABC):
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
+        if self.params.invalid_penalty is not None:  # the instance's c_inv overrides the default
+            self.invalid_penalty = self.params.invalid_penalty  # type: ignore[misc]
+
+    def for_task(self, task: Task) -> Env:
+        """The env that plays ``task``: this one (a multitask mix answers with its member)."""
+        return self
 
     # ---- tasks ---------------------------------------------------------------------------
     @abstractmethod

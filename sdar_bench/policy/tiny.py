@@ -26,11 +26,17 @@ TINY_MODELS: dict[str, tuple[int, int, int, int, int]] = {
 
 
 def tiny_corpus(env: str) -> list[str]:
-    """Every text the tiny tokenizer for ``env`` must cover: the engine's words and skill bank."""
+    """Every text the tiny tokenizer for ``env`` must cover: the engine's words and skill bank
+    (for a multitask mix ``a+b``, every member's: one vocabulary for the one policy)."""
     from sdar_bench.envs import ENVS
     from sdar_bench.envs.parsing import INVALID_ACTION_TEXT
     from sdar_bench.skills import SKILL_HEADER, skill_bank
 
+    if "+" in env:  # a multitask mix: the union of its members' corpora, in member order
+        out: list[str] = []
+        for member in env.split("+"):
+            out += [text for text in tiny_corpus(member) if text not in out]
+        return out
     words = " ".join(ENVS[env]().vocabulary())
     return [words, *skill_bank(env).values(), SKILL_HEADER, INVALID_ACTION_TEXT]
 

@@ -7,9 +7,10 @@ import re
 from dataclasses import dataclass
 
 ROW_ORDER = [
-    "Vanilla", "Skill-Prompt*", "OPSD", "GRPO", "Skill-GRPO", "Skill-GRPO*",
+    "Vanilla", "Skill-Prompt*", "OPSD", "GRPO", "GiGPO", "Skill-GRPO", "Skill-GRPO*",
     "GRPO+OPSD", "Skill-SD", "RLSD", "SDAR",
 ]  # fmt: skip
+MULTITASK = " (multitask)"  # a multitask run's rows: right after the single-env row of the label
 
 
 # ---- the Table-1 columns ---------------------------------------------------------------------
@@ -79,7 +80,11 @@ def _natural_key(text: str) -> list[object]:
     return [(0, float(p)) if re.fullmatch(r"\d+(?:\.\d+)?", p) else (1, p) for p in parts]
 
 
-def row_order_key(label: str) -> tuple[int, list[object]]:
-    """Paper row order, a base label before its variants, variants in natural order."""
+def row_order_key(label: str) -> tuple[int, bool, list[object]]:
+    """Paper row order, a base label before its variants, variants in natural order; a
+    multitask row ("SDAR (multitask)") right after the single-env rows of its label."""
     base = label.split(" [")[0]
-    return (ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER), _natural_key(label))
+    multitask = base.endswith(MULTITASK)
+    base = base.removesuffix(MULTITASK)
+    order = ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER)
+    return (order, multitask, _natural_key(label))

@@ -11,7 +11,11 @@ sign-flip p-value and rliable's probability of improvement P(A > baseline). The 
   of the reported evaluation on the same task list (``pairing: task``); otherwise the pair is
   the two runs' summary numbers (``pairing: seed``; runs written by 0.1.0);
 * a method with no run that pairs with a baseline run is compared unpaired (Welch's interval on
-  the seed-level numbers, no p-value; ``pairing: unpaired``), and says so.
+  the seed-level numbers, no p-value; ``pairing: unpaired``), and says so;
+* a multitask row ("SDAR (multitask)", one per env of the mix) is compared only with the
+  baseline trained on the same mix ("GRPO (multitask)"), never with a single-env run: their
+  starts differ (vocabulary, warm start, training distribution), so a seed is not a pair, and
+  "multitask vs single-env" is another question than "method vs baseline".
 
 ``power`` uses the same pairs to estimate how small a difference the folder's seeds × panel
 can detect, and what it would take to detect a given one.
@@ -31,6 +35,7 @@ from sdar_bench.report.columns import headline_metric
 from sdar_bench.report.results import ResultsError, ResultsFolder, RunRecord, check_settings
 
 WHICH = ("final", "best")
+MULTITASK = " (multitask)"  # the label suffix of a multitask run's rows (trainer.row_label)
 METRIC_RANGE = (0.0, 100.0)  # every reported metric is a percentage (success, EM, score × 100)
 JSON_KEYS = (
     "model", "env", "method", "baseline", "metric", "which", "n", "delta", "ci_low", "ci_high",
@@ -75,9 +80,12 @@ def _plain(value: object) -> object:
 
 def baseline_label(runs: Sequence[RunRecord], baseline: str) -> str:
     """The row label of ``baseline``, given as a method name (grpo) or a row label (GRPO)."""
+    for run in runs:  # a multitask run's label is the baseline's plus MULTITASK: not this one
+        if run.spec.get("method") == baseline and not run.variant and run.member is None:
+            return run.train_label
     for run in runs:
         if run.spec.get("method") == baseline and not run.variant:
-            return run.train_label
+            return run.train_label.removesuffix(MULTITASK)
     return baseline
 
 
@@ -149,17 +157,18 @@ def compare_runs(
     base = baseline_label(runs, baseline)
     out = []
     for (model, env), sides in sorted(_sides(runs).items()):
-        if base not in sides:
-            continue
-        b = sides[base]
         wanted = metric or headline_metric(env)
         for label, a in sides.items():
-            if label == base:
+            # A multitask row is compared with the baseline trained on the same mix, never with
+            # the single-env baseline (a different start: see results.multitask_members).
+            against = base + MULTITASK if label.endswith(MULTITASK) else base
+            if label == against or against not in sides:
                 continue
+            b = sides[against]
             for w in which:
                 result = _compare(a, b, w, wanted, n_boot)
                 if result is not None:
-                    out.append(Comparison(model, env, label, base, wanted, w, *result))
+                    out.append(Comparison(model, env, label, against, wanted, w, *result))
     return out
 
 

@@ -67,6 +67,9 @@ class RunRecord:
     path: Path
     spec: dict[str, Any]
     result: dict[str, Any]
+    member: str | None = None
+    """For one env of a multitask run: that env (``spec.env`` is then the env and
+    ``spec.mix`` the mix); its numbers and episodes are that env's only."""
 
     @property
     def run_id(self) -> str:
@@ -120,7 +123,10 @@ class RunRecord:
     @cached_property
     def episodes(self) -> list[dict[str, Any]]:
         """The per-episode records of every evaluation ([] for runs written before them)."""
-        return read_jsonl(self.path / EPISODES_FILE)
+        records = read_jsonl(self.path / EPISODES_FILE)
+        if self.member is None:
+            return records
+        return [r for r in records if r.get("env") == self.member]
 
     def row(self, which: str, label: str) -> dict[str, Any] | None:
         """The test-panel evaluation row reported as ``which`` (final / best) for ``label``."""
@@ -225,7 +231,7 @@ def read_results(results_dir: Path) -> ResultsFolder:
             continue
         record, missing = _read_run(run_dir)
         if record is not None:
-            folder.runs.append(record)
+            folder.runs += multitask_members(record)
             if record.failed:
                 reason = record.result.get("reason") or "no reason recorded"
                 folder.missing.append(MissingRun(record.run_id, "failed", str(reason)))
@@ -259,6 +265,29 @@ def _read_run(run_dir: Path) -> tuple[RunRecord | None, MissingRun | None]:
         detail = f"result.json or manifest.json unreadable ({type(exc).__name__}: {exc})"
         return None, MissingRun(run_dir.name, "damaged", detail)
     return RunRecord(run_dir, spec, result), None
+
+
+def multitask_members(run: RunRecord) -> list[RunRecord]:
+    """A multitask run (``spec.env`` = ``a+b+c``, ``result.by_env``) as one record per member
+    env: ``spec.env`` the member, ``spec.mix`` the mix, the member's final/best rows (labelled
+    "<method> (multitask)") and its episodes. Every other run: itself.
+
+    The member records keep the mix's settings in their spec, so they are never seeds of a
+    single-env cell and never pair with a single-env run (a different warm start, vocabulary and
+    training distribution: a seed does not mean the same start); two multitask runs of the same
+    mix do pair with each other."""
+    by_env = run.result.get("by_env")
+    env = str(run.spec.get("env", ""))
+    if "+" not in env or not isinstance(by_env, dict):
+        return [run]
+    out = []
+    for member in env.split("+"):
+        part = by_env.get(member) or {"final": {}, "best": {}}
+        spec = {**run.spec, "env": member, "mix": env}
+        result = {**run.result, **part}
+        result.pop("by_env", None)
+        out.append(RunRecord(run.path, spec, result, member))
+    return out
 
 
 def check_settings(runs: Iterable[RunRecord]) -> None:

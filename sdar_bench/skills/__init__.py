@@ -42,7 +42,10 @@ def all_skill_texts() -> list[str]:
 
 
 def skill_hashes(env: str) -> dict[str, str]:
-    """Content hashes of a bank's files, for run manifests."""
+    """Content hashes of a bank's files, for run manifests; a multitask mix ``a+b``: every
+    member's, as ``a:<file>``."""
+    if "+" in env:
+        return {f"{m}:{k}": v for m in env.split("+") for k, v in skill_hashes(m).items()}
     return {k: hashlib.sha256(v.encode()).hexdigest()[:12] for k, v in skill_bank(env).items()}
 
 
@@ -123,3 +126,30 @@ class SkillRetriever:
         texts = self._dense.search([goal], self.top_k)[0]
         by_text = {self.bank[k]: k for k in self.task_skills}
         return [by_text[t] for t in texts]
+
+
+class MixRetriever:
+    """The skill retriever of a multitask mix (``a+b``): each task gets its own env's skills,
+    from one ``SkillRetriever`` per member (their bandit statistics kept apart)."""
+
+    def __init__(self, env: str, mode: str = "keyword", seed: int = 0) -> None:
+        self.env, self.mode = env, mode
+        self.members = {m: SkillRetriever(m, mode, seed) for m in env.split("+")}
+
+    def retrieve(self, task: Task) -> str:
+        return self.members[task.env].retrieve(task)
+
+    def feedback(self, task: Task, success: float) -> None:
+        self.members[task.env].feedback(task, success)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {m: r.state_dict() for m, r in self.members.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for m, r in self.members.items():
+            r.load_state_dict(state[m])
+
+
+def make_retriever(env: str, mode: str = "keyword", seed: int = 0) -> SkillRetriever | MixRetriever:
+    """The retriever for a run's env: a ``SkillRetriever``, or a ``MixRetriever`` for ``a+b``."""
+    return MixRetriever(env, mode, seed) if "+" in env else SkillRetriever(env, mode, seed)
