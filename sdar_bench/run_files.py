@@ -14,6 +14,7 @@ from typing import Any
 RESULT_FILE = "result.json"
 EPISODES_FILE = "episodes.jsonl"  # per evaluation: every episode's task and outcome
 MANIFEST_FILE = "manifest.json"
+SUITE_FILE = "suite.json"  # in the results folder: the suite it was last run with
 RESULT_KEYS = ("final", "best", "status")
 DAMAGED = ".damaged"
 

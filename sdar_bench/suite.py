@@ -40,11 +40,10 @@ from sdar_bench.config import RunSpec, SuiteSpec
 from sdar_bench.jsonl import write_json_atomic
 from sdar_bench.locking import RunInUse, folder_lock
 from sdar_bench.run import Callback, execute_run
-from sdar_bench.run_files import is_finished, read_result
+from sdar_bench.run_files import SUITE_FILE, is_finished, read_result
 from sdar_bench.tracking import RunTracker, SuiteTracker
 
 EXECUTORS = ("local", "ray")
-SUITE_FILE = "suite.json"
 
 
 class FolderHoldsAnotherSuite(ValueError):

@@ -24,7 +24,7 @@ can detect, and what it would take to detect a given one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -152,10 +152,23 @@ def compare_runs(
 ) -> list[Comparison]:
     """Every comparison of the folder's reported runs against ``baseline`` (module docstring).
     ``metric`` None: each env's headline metric. Raises ResultsError on mixed settings."""
+    out = []
+    for model, env, label, a, against, b, wanted in _pairs_of_sides(folder, baseline, metric):
+        for w in which:
+            result = _compare(a, b, w, wanted, n_boot)
+            if result is not None:
+                out.append(Comparison(model, env, label, against, wanted, w, *result))
+    return out
+
+
+def _pairs_of_sides(
+    folder: ResultsFolder, baseline: str, metric: str | None
+) -> Iterator[tuple[str, str, str, _Side, str, _Side, str]]:
+    """Every (model, env, label, its runs, baseline label, the baseline's runs, metric) that
+    ``compare`` and ``power`` look at. Raises ResultsError on mixed settings."""
     runs = folder.reported
     check_settings(runs)
     base = baseline_label(runs, baseline)
-    out = []
     for (model, env), sides in sorted(_sides(runs).items()):
         wanted = metric or headline_metric(env)
         for label, a in sides.items():
@@ -164,12 +177,7 @@ def compare_runs(
             against = base + MULTITASK if label.endswith(MULTITASK) else base
             if label == against or against not in sides:
                 continue
-            b = sides[against]
-            for w in which:
-                result = _compare(a, b, w, wanted, n_boot)
-                if result is not None:
-                    out.append(Comparison(model, env, label, against, wanted, w, *result))
-    return out
+            yield model, env, label, a, against, sides[against], wanted
 
 
 def _compare(a: _Side, b: _Side, which: str, metric: str, n_boot: int) -> tuple | None:
@@ -244,48 +252,39 @@ def power_rows(
 ) -> list[PowerRow]:
     """From the folder as a pilot: per comparison with per-episode records on ≥ 2 seeds, the
     variance components of the paired difference and what they imply (module docstring)."""
-    runs = folder.reported
-    check_settings(runs)
-    base = baseline_label(runs, baseline)
     out = []
-    for (model, env), sides in sorted(_sides(runs).items()):
-        if base not in sides:
+    for model, env, label, a, base, b, wanted in _pairs_of_sides(folder, baseline, metric):
+        xs, ys, pairing, tasks = paired_arrays(a, b, "final", wanted)
+        if pairing != "task" or len(xs) < 2 or not tasks:
             continue
-        wanted = metric or headline_metric(env)
-        for label, a in sides.items():
-            if label == base:
-                continue
-            xs, ys, pairing, tasks = paired_arrays(a, sides[base], "final", wanted)
-            if pairing != "task" or len(xs) < 2 or not tasks:
-                continue
-            between, within = stats.variance_components(xs, ys)
-            one = np.concatenate(ys)  # the baseline's per-task values, all seeds
-            noise = float(one.std(ddof=1) / math.sqrt(tasks)) if len(one) > 1 else math.nan
-            grid = {
-                f"{s}×{max(1, round(tasks * f))}": stats.detectable_difference(
-                    between, within, s, max(1, round(tasks * f))
-                )
-                for s in GRID_SEEDS
-                for f in GRID_PANEL_FACTORS
-            }
-            out.append(
-                PowerRow(
-                    model,
-                    env,
-                    label,
-                    base,
-                    wanted,
-                    len(xs),
-                    tasks,
-                    math.sqrt(between),
-                    math.sqrt(within),
-                    noise,
-                    stats.detectable_difference(between, within, len(xs), tasks),
-                    stats.seeds_needed(target, between, within, tasks),
-                    target,
-                    grid,
-                )  # fmt: skip
+        between, within = stats.variance_components(xs, ys)
+        one = np.concatenate(ys)  # the baseline's per-task values, all seeds
+        noise = float(one.std(ddof=1) / math.sqrt(tasks)) if len(one) > 1 else math.nan
+        grid = {
+            f"{s}×{max(1, round(tasks * f))}": stats.detectable_difference(
+                between, within, s, max(1, round(tasks * f))
             )
+            for s in GRID_SEEDS
+            for f in GRID_PANEL_FACTORS
+        }
+        out.append(
+            PowerRow(
+                model,
+                env,
+                label,
+                base,
+                wanted,
+                len(xs),
+                tasks,
+                math.sqrt(between),
+                math.sqrt(within),
+                noise,
+                stats.detectable_difference(between, within, len(xs), tasks),
+                stats.seeds_needed(target, between, within, tasks),
+                target,
+                grid,
+            )  # fmt: skip
+        )
     return out
 
 

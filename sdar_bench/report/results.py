@@ -33,9 +33,7 @@ from typing import Any
 import numpy as np
 
 from sdar_bench.jsonl import read_jsonl
-
-SUITE_FILE = "suite.json"  # the suite a results folder was last run with (sdar-bench run)
-EPISODES_FILE = "episodes.jsonl"
+from sdar_bench.run_files import EPISODES_FILE, MANIFEST_FILE, RESULT_FILE, SUITE_FILE
 
 # Spec fields that do not decide what a seed of a cell means.
 _NOT_SETTINGS = ("seed", "suite")
@@ -248,7 +246,7 @@ def read_results(results_dir: Path) -> ResultsFolder:
 
 
 def _read_run(run_dir: Path) -> tuple[RunRecord | None, MissingRun | None]:
-    result_file, manifest_file = run_dir / "result.json", run_dir / "manifest.json"
+    result_file, manifest_file = run_dir / RESULT_FILE, run_dir / MANIFEST_FILE
     if not result_file.exists():
         if (run_dir / "error.txt").exists():
             lines = (run_dir / "error.txt").read_text(errors="replace").strip().splitlines()
