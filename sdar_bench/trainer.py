@@ -375,8 +375,8 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     topk = method.teacher_topk()
     if batch.teacher_ids is not None and state.teacher is not None:
         # [N, R], and [N, R, K] twice when the method asks for the teacher's top-k tokens.
-        # Every teacher prompt of a task starts with the same skill block and task text, so
-        # chunks run that shared prefix once (about half the teacher's prompt tokens).
+        # Every teacher prompt of a task starts with the same skill block: it runs once for the
+        # batch (about half the teacher's prompt tokens on the quickstart).
         teach, topk_ids, topk_logp = score_topk_in_chunks(
             state.teacher,
             batch.teacher_ids,

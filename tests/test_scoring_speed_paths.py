@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sdar_bench.envs import make_env
+from sdar_bench.policy import scoring
 from sdar_bench.policy.backend import TransformersBackend
 from sdar_bench.policy.scoring import (
     plan_prefixes,
@@ -118,3 +119,50 @@ def test_static_cache_generation_samples_the_same_tokens(tiny_policy, teacher_ba
     # the real rows' draws (not their distribution); greedy decoding is the same token for token
     prompts = teacher_batch.prompt_ids[:7]
     assert static.generate(prompts, 12, 0.0, 0) == default.generate(prompts, 12, 0.0, 0)
+
+
+def test_last_mlp_on_keeps_the_scored_positions_and_restores_the_model(tiny_policy) -> None:
+    """Skipping the last MLP on unscored positions changes no kept logit, and only there."""
+    model = tiny_policy.model
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])  # [1, 8]
+    mlp = model.get_decoder().layers[-1].mlp
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits  # [1, 8, V]
+        with scoring.last_mlp_on(model, 3):
+            assert "forward" in mlp.__dict__  # the skip is in place for the pass
+            skipped = model(input_ids=ids).logits
+    assert "forward" not in mlp.__dict__  # and gone after it
+    assert (skipped[:, -3:] - plain[:, -3:]).abs().max().item() <= 1e-6
+    # the earlier positions did skip the MLP: their hidden states, hence logits, differ
+    assert (skipped[:, :5] - plain[:, :5]).abs().max().item() > 1e-3
+    with scoring.last_mlp_on(model, 3):  # with gradients on, nothing is skipped
+        assert "forward" not in mlp.__dict__
+
+
+def test_stored_prefixes_and_per_chunk_prefixes_give_the_same_scores(
+    tiny_policy, teacher_batch, monkeypatch
+) -> None:
+    """Both ways of sharing prefixes in chunked scoring: every prefix run once for the batch
+    (few prefixes), or each chunk running its own (when storing them all would take more
+    memory than two chunks)."""
+    model, pad = tiny_policy.model, tiny_policy.pad_id
+    prompts, responses = teacher_batch.teacher_ids, teacher_batch.response_ids
+    calls: list[int] = []
+    inner = scoring.run_prefixes
+
+    def counting(model, prompts, plan, pad_id, chunk):  # noqa: ANN001, ANN202
+        calls.append(len(plan.owners))
+        return inner(model, prompts, plan, pad_id, chunk)
+
+    monkeypatch.setattr(scoring, "run_prefixes", counting)
+    plain = score_topk_in_chunks(model, prompts, responses, pad, 4, chunk=4)
+    stored = score_topk_in_chunks(model, prompts, responses, pad, 4, chunk=4, share_prefix=True)
+    plan = plan_prefixes(prompts)
+    assert calls == [len(plan.owners)]  # one call for the whole batch: each prefix runs once
+    calls.clear()
+    monkeypatch.setattr(scoring, "STORED_PREFIX_CHUNKS", 0)  # nothing may be stored
+    per_chunk = score_topk_in_chunks(model, prompts, responses, pad, 4, chunk=4, share_prefix=True)
+    assert len(calls) >= 2 and all(n <= 4 for n in calls)  # each chunk ran its own prefixes
+    for fast in (stored, per_chunk):
+        assert (fast[0] - plain[0]).abs().max().item() <= 1e-5  # logp [N, R]
+        assert (fast[2] - plain[2]).abs().max().item() <= 1e-5  # top-k logp [N, R, K]

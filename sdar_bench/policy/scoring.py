@@ -4,15 +4,17 @@ Layout: prompts left-padded to a common length P, responses right-padded to R, s
 response token sits in the same column for every row — and for the teacher, whose prompts are
 longer, the response columns line up with the student's. Logits are computed only for the
 R positions that predict response tokens (``logits_to_keep``), which matters for large vocabularies.
-Prompts that share a prefix (the teacher's skill block and task text, the G copies of a task's first
-turn) can have it run once per chunk (``share_prefix``, see ``plan_prefixes``).
+Prompts that share a prefix (the teacher's skill block, the G copies of a task's first turn) can
+have it run once for the whole batch (``share_prefix``, see ``plan_prefixes`` and ``PrefixCache``),
+and a no-grad pass skips the last layer's MLP where no logit is read (``last_mlp_on``).
 On request the same pass also keeps a token's top-k vocabulary entries (the teacher side of
 SDAR's full-vocabulary divergences) or gathers log-probs at given ids (the student side).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,47 @@ def pack(
         attention[i, P - len(p) : P + len(r)] = 1
         mask[i, : len(r)] = 1.0
     return input_ids, attention, mask
+
+
+# Chunked scoring stores every shared prefix's KV for the whole batch when they hold no more
+# tokens than this many chunks of full-length rows (a chunk's own cache holds one chunk's worth).
+STORED_PREFIX_CHUNKS = 2
+
+
+@contextmanager
+def last_mlp_on(model: PreTrainedModel, keep: int) -> Iterator[None]:
+    """Within a no-grad pass whose logits are read at the last ``keep`` positions only, the last
+    decoder layer's MLP runs on those positions alone.
+
+    Elsewhere its output feeds nothing: the last layer's keys and values come from its attention,
+    before the MLP, and the final norm and LM head read only the kept positions. The MLP is most
+    of a layer's arithmetic and the prompt most of the positions, so a 4-layer model skips about
+    a fifth of a scoring pass. The skipped positions hold zeros instead of their MLP output, so
+    the same pass must not read their hidden states. With gradients on, or on a model without
+    the usual ``layers[-1].mlp``, nothing changes.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    mlp = getattr(layers[-1], "mlp", None) if layers else None
+    if mlp is None or torch.is_grad_enabled() or keep < 1:
+        yield
+        return
+    own = mlp.__dict__.get("forward")
+    inner = mlp.forward
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:  # [B, T, H]
+        out = torch.zeros_like(hidden)
+        out[:, -keep:] = inner(hidden[:, -keep:])
+        return out
+
+    mlp.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del mlp.forward
+        else:
+            mlp.forward = own
 
 
 def distinct_rows(prompts: Sequence[Sequence[int]]) -> tuple[list[int], torch.Tensor]:
@@ -68,14 +111,15 @@ def shared_prompt_cache(
     device = model.device
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
-        position_ids=position_ids.to(device),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    with last_mlp_on(model, 1):
+        out = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=position_ids.to(device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     if cache.get_seq_length() != input_ids.shape[1]:
         return None
     cache.batch_select_indices(inverse.to(device))
@@ -200,56 +244,119 @@ def prefix_order(prompts: Sequence[Sequence[int]]) -> list[int]:
     )
 
 
-def _prefix_logits(
+@dataclass(frozen=True)
+class PrefixCache:
+    """The KV cache of every prefix of a ``PrefixPlan``, each run once for the whole batch.
+
+    Prefixes are left-padded to ``Lp`` = the longest, so the last ``n`` columns hold every
+    prefix of length ≤ n: a chunk whose rows use short prefixes attends to fewer columns.
+    Memory: U·Lp tokens of KV, where a chunk's own cache holds rows·(Lp + rest) anyway.
+    """
+
+    plan: PrefixPlan
+    keys: list[torch.Tensor]  # per layer [U, kv heads, Lp, head dim]
+    values: list[torch.Tensor]  # per layer [U, kv heads, Lp, head dim]
+    attention: torch.Tensor  # [U, Lp] long, 1 on real tokens
+
+    def for_rows(self, rows: Sequence[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """A fresh cache holding row ``rows[i]``'s prefix in row i, cut to the longest of them,
+        and its attention mask [B, Lc]."""
+        inverse = self.plan.inverse[list(rows)]  # [B]
+        width = max(self.plan.shared[u] for u in inverse.tolist())
+        cache = DynamicCache()
+        device = self.keys[0].device
+        pick = inverse.to(device)
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            cache.update(k[pick, :, -width:], v[pick, :, -width:], layer)
+        return cache, self.attention[inverse, -width:]
+
+
+def run_prefixes(
     model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    plan: PrefixPlan,
+    pad_id: int,
+    chunk: int,
+) -> PrefixCache | None:
+    """Run each prefix of ``plan`` once, ``chunk`` prefixes at a time; None where the model
+    kept no cache (gradient checkpointing in training mode)."""
+    U, Lp = len(plan.owners), max(plan.shared)
+    ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # [U, Lp]
+    attention = torch.zeros((U, Lp), dtype=torch.long)  # [U, Lp]
+    for u, (row, length) in enumerate(zip(plan.owners, plan.shared, strict=True)):
+        ids[u, Lp - length :] = torch.tensor(prompts[row][:length], dtype=torch.long)
+        attention[u, Lp - length :] = 1
+    keys: list[list[torch.Tensor]] = []
+    values: list[list[torch.Tensor]] = []
+    for start in range(0, U, chunk):
+        part = slice(start, start + chunk)
+        identity = torch.arange(min(chunk, U - start))
+        cached = shared_prompt_cache(model, ids[part], attention[part], identity)
+        if cached is None:
+            return None
+        layers = cached[0].layers
+        keys.append([layer.keys for layer in layers])
+        values.append([layer.values for layer in layers])
+    return PrefixCache(
+        plan,
+        [torch.cat(parts) for parts in zip(*keys, strict=True)],
+        [torch.cat(parts) for parts in zip(*values, strict=True)],
+        attention,
+    )
+
+
+def _rest_logits(
+    model: PreTrainedModel,
+    prefixes: PrefixCache,
+    rows: Sequence[int],
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     pad_id: int,
-    plan: PrefixPlan,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Response logits [B, R, V], targets [B, R] and mask [B, R] with each shared prefix of
-    ``plan`` run once; None where the model kept no cache.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Response logits [B, R, V], targets [B, R] and mask [B, R] of ``rows``, their prefixes
+    read from ``prefixes``.
 
-    Layout of the second pass: the prefix's cache (left-padded to Lp), then each row's rest of
-    the prompt left-padded to Ls (the padding sits between prefix and rest; the attention
-    mask hides it and positions count real tokens only), then the response right-padded to R.
+    Layout after the cached prefix (left-padded to Lc): each row's rest of the prompt
+    left-padded to Ls (the padding sits between prefix and rest; the attention mask hides it
+    and positions count real tokens only), then the response right-padded to R.
     """
-    U, B = len(plan.owners), len(prompts)
-    Lp = max(plan.shared)
-    prefix_ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # [U, Lp]
-    prefix_att = torch.zeros((U, Lp), dtype=torch.long)  # [U, Lp]
-    for u, (row, length) in enumerate(zip(plan.owners, plan.shared, strict=True)):
-        prefix_ids[u, Lp - length :] = torch.tensor(prompts[row][:length], dtype=torch.long)
-        prefix_att[u, Lp - length :] = 1
-    cached = shared_prompt_cache(model, prefix_ids, prefix_att, plan.inverse)
-    if cached is None:
-        return None
-    cache = cached[0]
-    cut = [plan.shared[u] for u in plan.inverse.tolist()]
-    Ls = max(len(p) - c for p, c in zip(prompts, cut, strict=True))
-    R = max(max((len(r) for r in responses), default=0), 1)
+    cache, prefix_att = prefixes.for_rows(rows)  # prefix_att [B, Lc]
+    plan = prefixes.plan
+    cut = [plan.shared[int(plan.inverse[i])] for i in rows]
+    Ls = max(len(prompts[i]) - c for i, c in zip(rows, cut, strict=True))
+    R = max(max((len(responses[i]) for i in rows), default=0), 1)
+    B = len(rows)
     ids = torch.full((B, Ls + R), pad_id, dtype=torch.long)  # [B, Ls+R]
     att = torch.zeros((B, Ls + R), dtype=torch.long)  # [B, Ls+R]
     mask = torch.zeros((B, R), dtype=torch.float32)  # [B, R]
-    for i, (p, r, c) in enumerate(zip(prompts, responses, cut, strict=True)):
-        rest = p[c:]
-        ids[i, Ls - len(rest) : Ls] = torch.tensor(rest, dtype=torch.long)
-        ids[i, Ls : Ls + len(r)] = torch.tensor(r, dtype=torch.long)
-        att[i, Ls - len(rest) : Ls + len(r)] = 1
-        mask[i, : len(r)] = 1.0
-    full = torch.cat([prefix_att[plan.inverse], att], dim=1)  # [B, Lp+Ls+R]
-    positions = (full.cumsum(-1) - 1).clamp(min=0)[:, Lp:]  # [B, Ls+R]
+    for b, (i, c) in enumerate(zip(rows, cut, strict=True)):
+        rest, r = prompts[i][c:], responses[i]
+        ids[b, Ls - len(rest) : Ls] = torch.tensor(rest, dtype=torch.long)
+        ids[b, Ls : Ls + len(r)] = torch.tensor(r, dtype=torch.long)
+        att[b, Ls - len(rest) : Ls + len(r)] = 1
+        mask[b, : len(r)] = 1.0
+    full = torch.cat([prefix_att, att], dim=1)  # [B, Lc+Ls+R]
+    positions = (full.cumsum(-1) - 1).clamp(min=0)[:, prefix_att.shape[1] :]  # [B, Ls+R]
     device = model.device
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=full.to(device),
-        position_ids=positions.to(device),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=R + 1,
-    )
+    with last_mlp_on(model, R + 1):
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=full.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=R + 1,
+        )
     # Position Ls-1 (the prompt's last token) predicts response token 0; Ls-1+t predicts t.
     return out.logits[:, :-1], ids[:, -R:], mask
+
+
+def _worth_sharing(prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
+    """The prefix plan of ``prompts`` if it skips at least a tenth of their tokens."""
+    plan = plan_prefixes(prompts)
+    if plan is None or 10 * plan.saved_tokens() < sum(len(p) for p in prompts):
+        return None
+    return plan
 
 
 @dataclass(frozen=True)
@@ -295,9 +402,10 @@ def score_responses(
     """
     shared = None
     if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
-        plan = plan_prefixes(prompts)
-        if plan is not None and 10 * plan.saved_tokens() >= sum(len(p) for p in prompts):
-            shared = _prefix_logits(model, prompts, responses, pad_id, plan)
+        plan = _worth_sharing(prompts)
+        prefixes = run_prefixes(model, prompts, plan, pad_id, len(prompts)) if plan else None
+        if prefixes is not None:
+            shared = _rest_logits(model, prefixes, range(len(prompts)), prompts, responses, pad_id)
     if shared is None:
         shared = _shared_prompt_logits(model, prompts, responses, pad_id)
     if shared is not None:
@@ -306,15 +414,30 @@ def score_responses(
         input_ids, attention, mask = pack(prompts, responses, pad_id)
         R = mask.shape[1]
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
-        out = model(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention.to(model.device),
-            position_ids=position_ids.to(model.device),
-            logits_to_keep=R + 1,
-            use_cache=False,
-        )
+        with last_mlp_on(model, R + 1):
+            out = model(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention.to(model.device),
+                position_ids=position_ids.to(model.device),
+                logits_to_keep=R + 1,
+                use_cache=False,
+            )
         logits = out.logits[:, :-1]  # [B, R, V]: position P-1+t predicts response token t
         targets = input_ids[:, -R:]  # [B, R]
+    return _scores(logits, targets, mask, temperature, with_entropy, topk, at_ids)
+
+
+def _scores(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+    topk: int | None = None,
+    at_ids: torch.Tensor | None = None,
+) -> ResponseScores:
+    """``ResponseScores`` from response ``logits`` [B, R, V], ``targets`` [B, R] and ``mask``
+    [B, R]: the [B, R, V] log-softmax stays on the logits' device."""
     logits = logits.float() / temperature
     logprobs_all = F.log_softmax(logits, dim=-1)  # [B, R, V]
     targets = targets.to(logits.device)
@@ -388,8 +511,10 @@ def score_topk_in_chunks(
     Memory of the top-k: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on
     padding.
 
-    ``share_prefix``: chunks follow ``prefix_order`` (rows sharing a prefix together) and each
-    chunk runs its shared prefixes once (the teacher's prompts: skill block + task text).
+    ``share_prefix``: each shared prefix (the teacher's skill block) runs once for the whole
+    batch and chunks follow ``prefix_order`` (little padding in the rest of the prompts); where
+    storing every prefix's KV would take more than ``STORED_PREFIX_CHUNKS`` chunks' worth, each
+    chunk runs its own prefixes.
     """
     R = max(max((len(r) for r in responses), default=0), 1)
     logp_out = torch.zeros(len(prompts), R)
@@ -398,18 +523,30 @@ def score_topk_in_chunks(
         k = min(topk, model.config.vocab_size)
         ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
         topk_out = torch.zeros(len(prompts), R, k)
+    prefixes = None
+    if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
+        plan = _worth_sharing(prompts)
+        # Stored prefixes hold U·Lp tokens of KV; past STORED_PREFIX_CHUNKS chunks' worth of
+        # tokens, each chunk runs its own prefixes instead.
+        budget = STORED_PREFIX_CHUNKS * chunk * max(len(p) for p in prompts)
+        if plan is not None and len(plan.owners) * max(plan.shared) <= budget:
+            prefixes = run_prefixes(model, prompts, plan, pad_id, chunk)
     order = prefix_order(prompts) if share_prefix else by_prompt(prompts)
     for start in range(0, len(prompts), chunk):
         rows = order[start : start + chunk]
-        s = score_responses(
-            model,
-            [prompts[i] for i in rows],
-            [responses[i] for i in rows],
-            pad_id,
-            topk=topk,
-            temperature=temperature,
-            share_prefix=share_prefix,
-        )
+        if prefixes is not None:
+            logits, targets, mask = _rest_logits(model, prefixes, rows, prompts, responses, pad_id)
+            s = _scores(logits, targets, mask, temperature, topk=topk)
+        else:
+            s = score_responses(
+                model,
+                [prompts[i] for i in rows],
+                [responses[i] for i in rows],
+                pad_id,
+                topk=topk,
+                temperature=temperature,
+                share_prefix=share_prefix,
+            )
         pad = R - s.logp.shape[1]
         logp_out[rows] = F.pad(s.logp, (0, pad))
         if ids_out is not None and topk_out is not None:
