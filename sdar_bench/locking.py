@@ -6,6 +6,8 @@
   with ``wait=True``.
 * ``runs/<run_id>/.lock``: taken by whoever executes a run (this process, a worker process, a
   Ray task), so a run is never executed twice at the same time (:class:`RunInUse`).
+* ``<cache>/warmstart/<name>.partial.lock``: taken while a warm start trains; a second process
+  needing the same warm start waits for it.
 
 ``fcntl.flock`` locks belong to an open file and vanish with the process that holds them, so a
 killed process never leaves a stale lock behind (the ``.lock`` file may stay; it is harmless).
@@ -62,6 +64,13 @@ class RunInUse(LockBusy):
 
     def __str__(self) -> str:
         return f"run {self.path.parent.name} is being executed by another process ({self.holder})"
+
+
+class WarmStartInUse(LockBusy):
+    """A warm start is being trained by another process."""
+
+    def __str__(self) -> str:
+        return f"warm start {self.path.stem} is being trained by another process ({self.holder})"
 
 
 def _holder(handle: IO[str]) -> str:
@@ -127,3 +136,9 @@ def folder_lock(
 def run_lock(run_dir: Path) -> AbstractContextManager[None]:
     """Hold ``<run_dir>/.lock``; raises :class:`RunInUse` when another process executes it."""
     return _flock(Path(run_dir) / LOCK_FILE, RunInUse)
+
+
+def warmstart_lock(partial: Path) -> AbstractContextManager[None]:
+    """Hold ``<partial>.lock`` while training the warm start whose checkpoints go to ``partial``;
+    a second process waits, then finds the finished warm start."""
+    return _flock(partial.with_name(partial.name + LOCK_FILE), WarmStartInUse, wait=True)

@@ -42,7 +42,9 @@ class RunPlan:
     data: str
     flops: float  # upper bound: every episode runs to max_turns
     seconds: float  # rough wall time on the device it needs
-    warmstart: str = "–"  # tiny models: "shipped", "cached" or "to train"
+    warmstart: str = (
+        "–"  # tiny models: "shipped", "cached" or "to train[ (resumes at step k of N)]"
+    )
     warmstart_seconds: float = 0.0  # rough time to train it where it is "to train"
     warmstart_name: str = ""  # its checkpoint name: one warm start serves every run sharing it
     data_problems: tuple[str, ...] = ()  # every dataset it lacks, one line each
@@ -136,7 +138,7 @@ def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, f
     """Where a tiny model's warm start comes from, roughly how long it takes to train, and its
     checkpoint name."""
     from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dirname
-    from sdar_bench.warmstart import SHIPPED, checkpoint_name, find_warm_start
+    from sdar_bench.warmstart import SHIPPED, checkpoint_name, find_warm_start, resume_step
 
     if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
         return "–", 0.0, ""
@@ -146,8 +148,10 @@ def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, f
     if found is not None:
         return ("shipped" if found.parent == SHIPPED else "cached"), 0.0, name
     ws = spec.warmstart
-    tokens = ws.steps * ws.batch_size * _tokens_per_turn(spec, env)
-    return "to train", 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS, name
+    done = resume_step(spec, model_dir)  # a killed warm start resumes where it stopped
+    tokens = (ws.steps - done) * ws.batch_size * _tokens_per_turn(spec, env)
+    state = f"to train (resumes at step {done} of {ws.steps})" if done else "to train"
+    return state, 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS, name
 
 
 def _tokens_per_turn(spec: RunSpec, env: Env) -> float:

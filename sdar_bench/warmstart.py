@@ -14,7 +14,6 @@ import hashlib
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +21,15 @@ import torch
 
 from sdar_bench.config import RunSpec, WarmStartSpec
 from sdar_bench.envs.base import Env, task_seed
+from sdar_bench.locking import warmstart_lock
 from sdar_bench.paths import cache_dir
 from sdar_bench.skills import make_retriever
 
 if TYPE_CHECKING:
     from sdar_bench.policy.model import Policy
 
-WARMSTART_SPLIT = "warmstart"  # its own split: never overlaps the train stream or the eval panel
+WARMSTART_SPLIT = "warmstart"
+RESUMED_FILE = "resumed.json"  # in a trained warm start: the steps a killed training resumed at  # its own split: never overlaps the train stream or the eval panel
 
 
 def expert_samples(
@@ -111,15 +112,40 @@ def warm_start(
 
     ``callbacks`` are ``transformers.TrainerCallback`` objects (progress display, evaluation).
     """
-    ws = spec.warmstart
-    seed = spec.seed if ws.seed is None else ws.seed
     found = find_warm_start(spec, model_dir)
     if found is not None:
         return found, True
     path = cache_dir() / "warmstart" / checkpoint_name(spec, model_dir)
+    # Trainer checkpoints of an unfinished warm start: a killed one resumes from the last.
+    partial = path.with_name(path.name + ".partial")
+    with warmstart_lock(partial):
+        found = find_warm_start(spec, model_dir)  # another process may have finished it
+        if found is not None:
+            return found, True
+        resumed = _train(policy, env, spec, partial, callbacks)
+        tmp = path.with_name(f"{path.name}.tmp{random.randrange(1 << 30)}")
+        policy.model.save_pretrained(tmp)
+        policy.tokenizer.save_pretrained(tmp)
+        # Provenance: transformers draws each epoch's order from the global RNG when the epoch
+        # starts, so a resume that crosses an epoch boundary is not bit-identical to a run that
+        # never stopped (within an epoch it is: tested).
+        (tmp / RESUMED_FILE).write_text(json.dumps({"resumed_at_steps": resumed}) + "\n")
+        tmp.rename(path)
+        shutil.rmtree(partial, ignore_errors=True)
+    return path, False
 
+
+def _train(
+    policy: Policy, env: Env, spec: RunSpec, partial: Path, callbacks: list[Any] | None
+) -> list[int]:
+    """SFT ``policy`` in place on expert episodes, saving a resumable checkpoint in ``partial``
+    every tenth of the steps and resuming from the last one found there; returns the steps it
+    was resumed at, this time and earlier."""
     from datasets import Dataset  # TRL and datasets are slow to import: only when training
     from trl import SFTConfig, SFTTrainer
+
+    ws = spec.warmstart
+    seed = spec.seed if ws.seed is None else ws.seed
 
     samples = expert_samples(env, policy, ws, seed)
     dataset = Dataset.from_dict(
@@ -128,41 +154,66 @@ def warm_start(
             "completion_mask": [[0] * len(p) + [1] * len(r) for p, r in samples],
         }
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            max_steps=ws.steps,
-            per_device_train_batch_size=ws.batch_size,
-            learning_rate=ws.lr,
-            lr_scheduler_type="cosine",  # decaying at the end consolidates what was learnt
-            warmup_steps=min(20, ws.steps // 10),
-            weight_decay=0.0,
-            logging_steps=max(ws.steps // 10, 1),
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,  # TRL defaults to bf16; autocast on a CPU without bf16 units is ~7x slower
-            train_sampling_strategy="group_by_length",  # less padding: prompts vary from ~100 to ~350 tokens
-            completion_only_loss=not ws.prompt_loss,
-            max_length=None,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
-        trainer = SFTTrainer(
-            model=policy.model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=policy.tokenizer,
-            callbacks=callbacks,
-        )
-        trainer.train()
-    tmp = path.with_name(f"{path.name}.tmp{random.randrange(1 << 30)}")
-    policy.model.save_pretrained(tmp)
-    policy.tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished the same warm start first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path, False
+    partial.mkdir(parents=True, exist_ok=True)
+    args = SFTConfig(
+        output_dir=str(partial),
+        max_steps=ws.steps,
+        per_device_train_batch_size=ws.batch_size,
+        learning_rate=ws.lr,
+        lr_scheduler_type="cosine",  # decaying at the end consolidates what was learnt
+        warmup_steps=min(20, ws.steps // 10),
+        weight_decay=0.0,
+        logging_steps=max(ws.steps // 10, 1),
+        save_strategy="steps",
+        save_steps=max(ws.steps // 10, 1),
+        save_total_limit=1,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,  # TRL defaults to bf16; autocast on a CPU without bf16 units is ~7x slower
+        train_sampling_strategy="group_by_length",  # less padding: prompts vary from ~100 to ~350 tokens
+        completion_only_loss=not ws.prompt_loss,
+        max_length=None,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=policy.model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=policy.tokenizer,
+        callbacks=callbacks,
+    )
+    last = _last_complete_checkpoint(partial)
+    history = partial / RESUMED_FILE
+    resumed: list[int] = json.loads(history.read_text()) if history.exists() else []
+    if last is not None:
+        resumed.append(int(last.rsplit("-", 1)[-1]))
+        history.write_text(json.dumps(resumed))
+    trainer.train(resume_from_checkpoint=last)
+    return resumed
+
+
+def resume_step(spec: RunSpec, model_dir: str) -> int:
+    """The step an unfinished warm start of ``spec`` would resume at on this machine (0: none)."""
+    partial = cache_dir() / "warmstart" / f"{checkpoint_name(spec, model_dir)}.partial"
+    steps = [
+        int(d.name.rsplit("-", 1)[-1])
+        for d in partial.glob("checkpoint-*")
+        if d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").exists()
+    ]
+    return max(steps, default=0)
+
+
+def _last_complete_checkpoint(partial: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` in ``partial`` that the Trainer finished writing (its
+    ``trainer_state.json`` is written last); a torn one, from a process killed while saving,
+    is removed."""
+    done = sorted(
+        (d for d in partial.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
+        key=lambda d: int(d.name.split("-")[-1]),
+    )
+    while done and not (done[-1] / "trainer_state.json").exists():
+        shutil.rmtree(done.pop(), ignore_errors=True)
+    return str(done[-1]) if done else None

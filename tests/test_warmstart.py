@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sdar_bench.policy import load_policy
 from sdar_bench.policy.tiny import tiny_model_dirname
 from sdar_bench.skills import SkillRetriever
 from sdar_bench.warmstart import (
+    RESUMED_FILE,
     SHIPPED,
     checkpoint_name,
     expert_samples,
@@ -75,6 +77,54 @@ def test_warm_start_trains_once_then_is_found_in_the_cache(tmp_path) -> None:
     trained = load_policy(str(path))
     for a, b in zip(policy.model.parameters(), trained.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class KilledByTest(RuntimeError):
+    """Fault injection: the warm start's process "dies" here."""
+
+
+def test_a_killed_warm_start_resumes_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:
+    """Killed in step 5 of 6 (checkpoints every step), the warm start resumes from step 4's
+    checkpoint and ends with the weights of one that never stopped. All 6 steps are one epoch
+    (24 samples, batch 4): across an epoch boundary transformers draws the next epoch's order
+    from the RNG state of the checkpoint, and the resumed weights differ (hence resumed.json)."""
+    from transformers import TrainerCallback
+
+    class KillAtStep5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            if state.global_step == 5:
+                raise KilledByTest("killed in step 5")
+
+    spec = RunSpec(
+        model="tiny-qwen-1m",
+        env="alfworld",
+        env_params={"max_turns": 6},
+        method="grpo",
+        warmstart=WarmStartSpec(episodes=4, steps=6, batch_size=4, seed=3),
+    )
+    env = make_env(spec.env, **spec.env_params)
+    trained = []
+    for cache, kill in (("unbroken", False), ("killed", True)):
+        monkeypatch.setenv("SDAR_BENCH_CACHE", str(tmp_path / cache))
+        policy = load_policy(spec.model, env=spec.env)
+        model_dir = str(policy.model.name_or_path)
+        if kill:
+            with pytest.raises(KilledByTest):
+                warm_start(policy, env, spec, model_dir, callbacks=[KillAtStep5()])
+            assert find_warm_start(spec, model_dir) is None  # nothing half-trained is "found"
+            partial = tmp_path / cache / "warmstart" / f"{checkpoint_name(spec, model_dir)}.partial"
+            assert [d.name for d in partial.glob("checkpoint-*")] == ["checkpoint-4"]
+            policy = load_policy(spec.model, env=spec.env)  # a new process: fresh weights
+        path, found = warm_start(policy, env, spec, model_dir)
+        assert not found and not path.with_name(path.name + ".partial").exists()
+        assert json.loads((path / RESUMED_FILE).read_text()) == {
+            "resumed_at_steps": [4] if kill else []
+        }
+        trained.append(load_policy(str(path)).model.state_dict())
+    unbroken, resumed = trained
+    assert unbroken.keys() == resumed.keys()
+    for name, value in unbroken.items():
+        assert torch.equal(value, resumed[name]), name
 
 
 @pytest.mark.parametrize(
