@@ -198,8 +198,14 @@ class VLLMBackend:
         max_new_tokens: int,
         temperature: float,
         generator_seed: int,
+        row_seeds: Sequence[int] | None = None,
     ) -> list[list[int]]:
         self._wake()
+        if row_seeds is None:
+            # Distinct per prompt: the G copies of a task's first turn must not sample alike.
+            seeds = [(generator_seed * 1_000_003 + i) % 2**31 for i in range(len(prompts))]
+        else:  # sampling: per_sample; vLLM gives every seeded request its own generator
+            seeds = [s % 2**31 for s in row_seeds]
         params = [
             self._sampling_params(
                 n=1,
@@ -207,8 +213,7 @@ class VLLMBackend:
                 top_p=1.0,
                 top_k=0,  # 0 (or -1) keeps every token in the pinned versions
                 max_tokens=max_new_tokens,
-                # Distinct per prompt: the G copies of a task's first turn must not sample alike.
-                seed=(generator_seed * 1_000_003 + i) % 2**31,
+                seed=seeds[i],
                 logprobs=0,  # only the sampled token's log-prob
                 stop_token_ids=[self.eos_id],  # no tokenizer to take EOS from; kept in the ids
                 detokenize=False,
