@@ -4,7 +4,8 @@
   depend on the rows sampled beside it;
 * two ranks sample what one process samples and take the update one process takes on the
   union batch (GRPO and SDAR);
-* FSDP2 gives the loss curve of data parallel, and its checkpoint resumes in one process;
+* FSDP2 gives the loss curve of data parallel; its checkpoint resumes in one process, and on
+  two ranks it continues exactly as a run that never stopped;
 * a killed rank ends the run at once, and the run resumes from its checkpoint with the
   numbers of one process;
 * bad ``--nproc`` input is refused in one line before any work.
@@ -228,6 +229,56 @@ def test_fsdp2_gives_the_loss_curve_of_data_parallel_and_a_checkpoint_one_proces
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.allclose(sharded_moments[i][name], moments[name], atol=1e-6)
     assert math.isfinite(trainer.train_step(state, 3)["loss/pg"])
+
+
+def _fsdp_resume_main(rank: int, world: int, port: int, folder: str) -> None:
+    """A spawned gloo rank: 3 FSDP2 steps straight, and 1 step + checkpoint + a fresh state
+    resumed from it + 2 steps; rank 0 saves both ends' full state dicts and metrics."""
+    from sdar_bench import trainer
+    from sdar_bench.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+
+    torch.set_num_threads(1)
+    distributed.spawn_env(rank, world, port)
+    distributed.init_from_env(timeout_s=120)
+    try:
+        spec = _spec("sdar", fsdp=True, steps=3)
+
+        def fresh() -> Any:
+            torch.manual_seed(spec.seed)
+            return trainer.setup(spec, load_policy(spec.model, env=spec.env, options=spec.policy))
+
+        straight = fresh()
+        whole = [trainer.train_step(straight, step) for step in range(3)]
+        stopped = fresh()
+        trainer.train_step(stopped, 0)
+        save_checkpoint(stopped, 1, Path(folder))
+        resumed = fresh()
+        assert restore_checkpoint(resumed, read_checkpoint(Path(folder))) == 1
+        rest = [trainer.train_step(resumed, step) for step in (1, 2)]
+        ends = [
+            distributed.full_state_dicts(s.policy.model, s.optimizer) for s in (straight, resumed)
+        ]
+        if distributed.is_main():
+            torch.save({"whole": whole, "rest": rest, "ends": ends}, Path(folder) / "out.pt")
+    finally:
+        distributed.shutdown()
+
+
+def test_an_fsdp2_run_resumed_from_its_checkpoint_continues_as_if_never_stopped(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    args = (2, distributed.free_port(), str(tmp_path))
+    mp.start_processes(_fsdp_resume_main, args, nprocs=2, join=True, start_method="spawn")
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    for a, b in zip(out["whole"][1:], out["rest"], strict=True):
+        for key in ("loss/pg", "loss/kl", "loss/aux", "reward/mean", "grad/norm"):
+            assert a[key] == b[key], key
+    (w1, o1), (w2, o2) = out["ends"]
+    assert _max_difference(w1, w2) == 0.0
+    assert o1["state"].keys() == o2["state"].keys()
+    for i in o1["state"]:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(o1["state"][i][name], o2["state"][i][name])
 
 
 # ---- the command line: --nproc, a killed rank, bad input --------------------------------------
