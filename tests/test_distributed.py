@@ -9,6 +9,9 @@
 * a killed rank ends the run at once, and the run resumes from its checkpoint with the
   numbers of one process;
 * bad ``--nproc`` input is refused in one line before any work.
+
+Nothing is mocked: the one stand-in is a spy that records the rollouts ``train_step`` plays
+(``trainer.collect`` wrapped, still called).
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ def test_per_sample_rows_sample_the_same_tokens_alone_or_in_any_batch(tiny_polic
     for i in range(len(prompts)):
         alone = backend.generate([prompts[i]], 10, 1.0, 99, row_seeds=[seeds[i]])
         assert alone == [together[i]]
+    static = TransformersBackend(
+        tiny_policy.model, tiny_policy.pad_id, tiny_policy.eos_id, generation="static"
+    )  # its batch is filled up to a bucket with extra rows: they change nothing here
+    assert static.generate(prompts, 10, 1.0, 1, row_seeds=seeds) == together
     subset = [3, 0, 4]  # another batch, another order
     assert backend.generate(
         [prompts[i] for i in subset], 10, 1.0, 7, row_seeds=[seeds[i] for i in subset]
