@@ -11,6 +11,10 @@ previous checkpoint intact. It holds only tensors and plain containers, so it lo
 ``torch.load(weights_only=True)``: opening a checkpoint never runs code from the file. There is
 one checkpoint per run (the last one); a file that does not load is set aside as
 ``checkpoint.pt.damaged`` and the run starts over, since no older checkpoint exists.
+
+A run over several ranks writes the same file: full (unsharded) state dicts, gathered from an
+FSDP2 model on rank 0, which alone writes; every rank reads it back. So a checkpoint written
+with any number of ranks resumes with any other number, one process included.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdar_bench import distributed
+
 if TYPE_CHECKING:
     from sdar_bench.trainer import RunState
 
@@ -29,11 +35,30 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(state: RunState, step: int, run_dir: Path) -> Path:
-    """Write the state after ``step`` finished training steps to ``run_dir/checkpoint.pt``."""
+    """Write the state after ``step`` finished training steps to ``run_dir/checkpoint.pt``.
+
+    With several ranks every rank must call it; rank 0 writes, and no rank returns before the
+    file is in place (a rank killed after this point finds it on resume).
+    """
+    weights, optimizer = distributed.full_state_dicts(state.policy.model, state.optimizer)
+    path = run_dir / CHECKPOINT_FILE
+    if distributed.is_main():
+        _write(state, step, path, weights, optimizer)
+    distributed.barrier()
+    return path
+
+
+def _write(
+    state: RunState,
+    step: int,
+    path: Path,
+    weights: dict[str, Any],
+    optimizer: dict[str, Any] | None,
+) -> None:
     payload: dict[str, Any] = {
         "step": step,
-        "model": state.policy.model.state_dict(),
-        "optimizer": state.optimizer.state_dict() if state.optimizer is not None else None,
+        "model": weights,
+        "optimizer": optimizer,
         "teacher": _own_teacher_weights(state),
         "retrievers": {
             name: retriever.state_dict()
@@ -45,7 +70,6 @@ def save_checkpoint(state: RunState, step: int, run_dir: Path) -> Path:
         "torch_rng": torch.get_rng_state(),
         "python_rng": _python_rng_state(),
     }
-    path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
     try:
         torch.save(payload, tmp)
@@ -53,7 +77,6 @@ def save_checkpoint(state: RunState, step: int, run_dir: Path) -> Path:
     except OSError as exc:
         tmp.unlink(missing_ok=True)  # a partial file must not fill what is left of the disk
         raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
-    return path
 
 
 def _python_rng_state() -> dict[str, Any]:
@@ -110,11 +133,12 @@ def load_checkpoint(state: RunState, run_dir: Path) -> int:
 
 
 def restore_checkpoint(state: RunState, payload: dict[str, Any]) -> int:
-    """Restore ``state`` from a checkpoint's contents (:func:`read_checkpoint`)."""
-    state.policy.model.load_state_dict(payload["model"])
+    """Restore ``state`` from a checkpoint's contents (:func:`read_checkpoint`); with several
+    ranks, every rank calls it with the same contents."""
+    distributed.load_full_state_dicts(
+        state.policy.model, state.optimizer, payload["model"], payload["optimizer"]
+    )
     state.backend.sync_weights()  # a vLLM engine still holds the weights it was built with
-    if state.optimizer is not None and payload["optimizer"] is not None:
-        state.optimizer.load_state_dict(payload["optimizer"])
     if payload["teacher"] is not None and state.teacher is not None:
         state.teacher.load_state_dict(payload["teacher"])
     for name, retriever in _retrievers(state).items():

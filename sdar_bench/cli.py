@@ -51,6 +51,23 @@ WaitOption = Annotated[
         "instead of stopping.",
     ),
 ]
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        help="Processes (ranks) per run on this machine: one per GPU, or CPU processes with "
+        "gloo. Each rank plays its share of a step's tasks and the gradients are summed "
+        "(policy: {fsdp: true} shards them). Needs policy: {sampling: per_sample}.",
+    ),
+]
+DistTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--dist-timeout",
+        help="Seconds a rank waits for the others at one collective before the run fails "
+        "(default 1800).",
+    ),
+]
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
@@ -186,6 +203,8 @@ def run(
     tracking_uri: TrackingUriOption = None,
     mlflow: Annotated[bool, typer.Option(help="Log runs to MLflow.")] = True,
     wait: WaitOption = False,
+    nproc: NprocOption = 1,
+    dist_timeout: DistTimeoutOption = 1800.0,
 ) -> None:
     """Run every unfinished run of a suite, then print and write its comparison table.
 
@@ -203,6 +222,7 @@ def run(
     suite = _load(suite_file)
     if executor not in EXECUTORS:
         _fail(f"--executor: unknown executor {executor!r} (choose {' or '.join(EXECUTORS)})")
+    _check_nproc(suite, nproc, dist_timeout, workers, executor)
     out = results or Path("results") / suite.name
     uri = resolve_uri(out, tracking_uri) if mlflow else None
     problems = preflight(suite, out, needs_gpu_ok=True if executor == "ray" else None, uri=uri)
@@ -223,7 +243,7 @@ def run(
             )
             outcomes = run_suite(
                 suite, out, console, workers=workers, executor=executor, address=address,
-                tracker=tracker,
+                tracker=tracker, nproc=nproc, timeout_s=dist_timeout,
             )  # fmt: skip
             _print_report(out)
             tracker.log_artifacts(
@@ -248,20 +268,132 @@ def run(
         raise typer.Exit(1)
 
 
+def _check_nproc(
+    suite: SuiteSpec, nproc: int, timeout: float, workers: int = 1, executor: str = "local"
+) -> None:
+    """``--nproc`` and its companions, refused in one line (exit 2) before any work."""
+    from sdar_bench.plan import nproc_problems
+
+    if nproc > 1 and workers > 1:
+        _fail("--nproc: not with -j/--workers (each run already takes --nproc processes)")
+    if nproc > 1 and executor != "local":
+        _fail(
+            "--nproc: only with the local executor; for one run over several nodes start "
+            '`torchrun ... -m sdar_bench run-rank` on each (README, "Scale")'
+        )
+    if not timeout > 0:
+        _fail(f"--dist-timeout: must be a positive number of seconds (got {timeout})")
+    problems = nproc_problems(suite, nproc)
+    if problems:
+        _fail(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+@app.command(name="run-rank")
+def run_rank(
+    suite_file: Annotated[Path, typer.Argument(help="Suite YAML, the same on every node.")],
+    results: ResultsOption = None,
+    tracking_uri: TrackingUriOption = None,
+    mlflow: Annotated[bool, typer.Option(help="Log runs to MLflow (rank 0).")] = True,
+    dist_timeout: DistTimeoutOption = 1800.0,
+) -> None:
+    """One rank of a suite's runs under torchrun: every process torchrun starts executes each unfinished run together with the others, as `run --nproc` does on one machine.
+
+    torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m sdar_bench run-rank SUITE.yaml
+
+    The results folder (and the warm-start cache) must be shared storage; warm starts are trained first (`sdar-bench warmstart SUITE.yaml`). Rank 0 writes the files, logs to MLflow and prints the table. A rank that fails ends the job (torchrun stops the others); the same command resumes from the last checkpoints.
+
+    Exit code: 0 every run finished, 1 some run failed, 2 bad input.
+    """
+    from sdar_bench import distributed
+    from sdar_bench.plan import nproc_problems, plan_suite, preflight
+    from sdar_bench.suite import run_suite_ranks
+    from sdar_bench.suite import unfinished as unfinished_runs
+    from sdar_bench.tracking import SuiteTracker
+    from sdar_bench.tracking import tracking_uri as resolve_uri
+
+    quiet_libraries()
+    if not distributed.under_torchrun():
+        _fail(
+            "run-rank: start it with torchrun (`torchrun --nproc-per-node N -m sdar_bench "
+            "run-rank SUITE.yaml`); on one machine `sdar-bench run SUITE.yaml --nproc N` does "
+            "the same"
+        )
+    suite = _load(suite_file)
+    if not dist_timeout > 0:
+        _fail(f"--dist-timeout: must be a positive number of seconds (got {dist_timeout})")
+    out = results or Path("results") / suite.name
+    distributed.init_from_env(dist_timeout)
+    try:
+        problem = None
+        if distributed.is_main():
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world()))
+            problems = [
+                *nproc_problems(suite, distributed.world(), gpus=0),
+                *(nproc_problems(suite, local, gpus=gpus) if gpus else []),
+            ]
+            uri = resolve_uri(out, tracking_uri) if mlflow else None
+            problems += preflight(suite, out, uri=uri)
+            problems += [
+                f"warm start of {p.spec.model} on {p.spec.env} is not trained yet; run "
+                f"`sdar-bench warmstart {suite_file}` first (ranks never train one)"
+                for p in plan_suite(suite, out)
+                if p.warmstart == "to train" and p.state != "finished"
+            ]
+            problem = problems[0] if problems else None
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            if distributed.is_main():
+                _fail(problem)
+            raise typer.Exit(2)
+        params = suite.model_dump(mode="json")
+        with ExitStack() as stack:
+            tracker = None
+            if distributed.is_main():
+                uri = resolve_uri(out, tracking_uri) if mlflow else None
+                tracker = _open_tracker(
+                    stack, lambda: SuiteTracker(suite.name, out, uri, params, enabled=mlflow), uri
+                )
+            outcomes = run_suite_ranks(suite, out, tracker)
+            if distributed.is_main():
+                _print_report(out)
+    finally:
+        distributed.shutdown()
+    failed = unfinished_runs(suite, out, outcomes) if distributed.is_main() else []
+    if failed:
+        console.print(
+            f"{len(failed)} of {len(suite.expand())} runs did not finish: "
+            + "; ".join(f"{run_id} ({why})" for run_id, why in failed),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
 @app.command()
 def plan(
     suite_file: Annotated[Path, typer.Argument(help="Suite YAML to expand.")],
     results: ResultsOption = None,
     fmt: FormatOption = "table",
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", help="Ranks per run (as `run --nproc`): adds each rank's memory estimate."
+        ),
+    ] = 1,
 ) -> None:
     """Print the runs a suite expands to, what each needs, and a rough cost; loads no model.
 
     The table shows one block per model and env, each run by its short id (method, seed, hash; the folder under runs/ is <model>__<env>__<short id>); what every run of a block shares is printed once under it. --format json or csv prints one row per run with its full id.
     """
-    from sdar_bench.plan import plan_suite, preflight
+    from sdar_bench.plan import GIB, plan_suite, preflight, rank_memory
 
     _check_format(fmt)
     suite = _load(suite_file)
+    _check_nproc(suite, nproc, 1.0)
     out = results or Path("results") / suite.name
     plans = plan_suite(suite, out)
     records: list[dict[str, object]] = []
@@ -275,6 +407,10 @@ def plan(
             "data": p.data, "data_ok": p.data_ok, "device": "GPU" if p.needs_gpu else "CPU",
             "est_seconds": seconds,
         })  # fmt: skip
+        if nproc > 1:
+            memory = rank_memory(p.spec, p.model.params, nproc)
+            records[-1]["nproc"] = nproc
+            records[-1]["rank_memory_gib"] = None if memory is None else round(memory / GIB, 3)
     if fmt != "table":
         _emit(records, fmt, "", list(records[0]) if records else ["run_id"])
         return
@@ -296,21 +432,32 @@ def plan(
             "device": str(record["device"]),
             "est. time": "–" if record["est_seconds"] is None
             else _duration(float(record["est_seconds"])),  # type: ignore[arg-type]
+            "memory/rank": "–" if record.get("rank_memory_gib") is None
+            else _gib(float(record["rank_memory_gib"])),  # type: ignore[arg-type]
         })  # fmt: skip
     heads = ["run", "state", "weights", "warm start", "data", "device", "est. time"]
+    if nproc > 1:  # model state only; a micro-batch's activations come on top, alike per rank
+        heads.append("memory/rank")
     for (model, env), rows in groups.items():
         shared = [h for h in heads[1:] if len({r[h] for r in rows}) == 1 and len(rows) > 1]
         varying = [h for h in heads if h not in shared]
         console.print(
             f"[bold]{escape(model)} · {escape(env)}[/]: {len(rows)} runs", highlight=False
         )
-        for table in _fitted_tables("", varying, rows, right=("est. time",)):
+        for table in _fitted_tables("", varying, rows, right=("est. time", "memory/rank")):
             console.print(table)
         if shared:
             console.print(
                 "every run above: " + "; ".join(f"{h} {rows[0][h]}" for h in shared),
                 highlight=False,
             )
+    if nproc > 1:
+        console.print(
+            f"memory/rank: each of the {nproc} ranks' weights, gradients, AdamW moments and "
+            "reference/teacher copies (FSDP2: moments ÷ ranks); a micro-batch's activations "
+            "come on top",
+            highlight=False,
+        )
     left = [p for p in plans if p.state != "finished"]
     gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
     cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
@@ -338,6 +485,10 @@ def plan(
         console.print(f"[red]missing:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if not problems:
         console.print("[green]everything these runs need is on this machine[/]")
+
+
+def _gib(gib: float) -> str:
+    return f"{gib * 1024:.0f} MiB" if gib < 1 else f"{gib:.1f} GiB"
 
 
 def _duration(seconds: float) -> str:

@@ -185,6 +185,84 @@ def _cost(spec: RunSpec, env: Env, params: float) -> tuple[float, int]:
     return flops, rollouts * turns * spec.train.max_new_tokens
 
 
+GIB = 1024**3
+
+
+def nproc_problems(suite: SuiteSpec, nproc: int, gpus: int | None = None) -> list[str]:
+    """Why ``suite``'s runs cannot each run on ``nproc`` ranks, one line each (empty: they can).
+
+    ``gpus``: the CUDA devices of this machine, one per rank (None: look; 0: the CPU, where
+    gloo ranks share the cores and any number works).
+    """
+    if nproc < 1:
+        return [f"--nproc: must be at least 1 (got {nproc})"]
+    if nproc == 1:
+        return []
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems = []
+    if gpus and nproc > gpus:
+        problems.append(
+            f"--nproc {nproc}: this machine has {gpus} GPU(s), one per rank; use --nproc "
+            f'{gpus} or fewer (more ranks: torchrun over several nodes, README "Scale")'
+        )
+    for spec in suite.expand():
+        if spec.policy.sampling == "batch":
+            problems.append(
+                f"policy.sampling: --nproc {nproc} needs per-sample random streams (with "
+                "batch sampling a row's tokens depend on the rows sampled beside it, so ranks "
+                "would not sample what one process samples); add `policy: {sampling: "
+                "per_sample}` to the suite"
+            )
+        if spec.train.tasks_per_step < nproc:
+            problems.append(
+                f"--nproc {nproc}: more ranks than train.tasks_per_step "
+                f"({spec.train.tasks_per_step}); a rank takes whole task groups, so use "
+                f"--nproc {spec.train.tasks_per_step} or fewer"
+            )
+        if spec.policy.fsdp and spec.policy.lora is not None:
+            problems.append(
+                "policy.fsdp: not with policy.lora (the adapters' optimiser state is already "
+                "small and the frozen base stays whole); use fsdp: false"
+            )
+        if spec.policy.fsdp and spec.policy.rollout == "vllm":
+            problems.append(
+                "policy.fsdp: not with rollout: vllm (the engine's weight sync needs the whole "
+                "weights; not implemented); use fsdp: false or rollout: transformers"
+            )
+    return list(dict.fromkeys(problems))
+
+
+def rank_memory(spec: RunSpec, params: float | None, nproc: int) -> float | None:
+    """Rough peak bytes of one rank's model state when ``spec`` runs on ``nproc`` ranks: weights,
+    gradients, AdamW's two moments, and the whole reference / EMA-teacher copies; None when the
+    parameter count is unknown. Activations are not counted: a micro-batch's
+    (``train.micro_batch_size`` rows) are the same on every rank whatever ``nproc``.
+
+    Data parallel: everything whole on every rank. FSDP2 (``policy.fsdp``) as implemented: the
+    moments ÷ nproc; weights and gradients whole during the step (gathered for rollout and
+    update, accumulated whole until reduce-scattered) plus the weights' own shard at rest.
+    """
+    import torch
+
+    if params is None:
+        return None
+    width = 4 if spec.policy.resolved_dtype() == torch.float32 else 2
+    method = get_method_class(spec.method)
+    trainable = params if method.trains and spec.policy.lora is None else 0.0
+    weights, grads, moments = params * width, trainable * width, 2 * trainable * width
+    copies = 0.0
+    if method.trains and spec.policy.lora is None:
+        copies += weights  # the reference policy (KL); a frozen teacher shares it
+        if spec.method_params.get("teacher") == "ema":
+            copies += weights
+    if nproc > 1 and spec.policy.fsdp:
+        return weights + weights / nproc + grads + moments / nproc + copies
+    return weights + grads + moments + copies
+
+
 def _writable(folder: Path) -> str | None:
     """None when ``folder`` (or its nearest existing parent) accepts a file."""
     probe = folder

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sdar_bench.envs.base import Env, Game, Observation, Task
 from sdar_bench.envs.parsing import INVALID_ACTION_TEXT
 from sdar_bench.policy import Policy
-from sdar_bench.policy.backend import RolloutBackend
+from sdar_bench.policy.backend import RolloutBackend, stream_seed
 from sdar_bench.skills import SkillRetriever
 
 
@@ -42,7 +42,8 @@ def anchor_text(observation: Observation) -> str:
 @dataclass
 class Episode:
     task: Task
-    group: int  # index of the task in the batch: the GRPO group
+    group: int  # index of the task in the step's (or panel's) task list: the GRPO group
+    copy: int = 0  # which of the group's G copies, from 0
     turns: list[Turn] = field(default_factory=list)
     score: float = 0.0  # the env's own score in [0, 1]
     reward: float = 0.0  # the episode reward R given to every turn (SPEC §1)
@@ -74,19 +75,25 @@ def collect(
     seed: int,
     skills: SkillRetriever | None = None,
     on_turn: Callable[[int, int], None] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[Episode]:
     """Play ``group_size`` copies of every task; the student prompt carries skills iff ``skills``.
 
-    ``on_turn(turn, live_episodes)`` is called once per turn (progress display).
+    ``on_turn(turn, live_episodes)`` is called once per turn (progress display). ``groups``:
+    each task's index in the whole step or panel when ``tasks`` is one rank's share of it
+    (default: its position here); it is the episodes' ``group`` and, with ``sampling:
+    per_sample``, names their random streams, so a rank samples what one process would.
     """
+    groups = list(range(len(tasks))) if groups is None else list(groups)
+    per_sample = policy.options.sampling == "per_sample"
     states: list[_Live] = []
-    for group, task in enumerate(tasks):
+    for group, task in zip(groups, tasks, strict=True):
         skill_text = skills.retrieve(task) if skills is not None else None
-        for _ in range(group_size):
+        for copy in range(group_size):
             game = env.new_game(task)
             states.append(
                 _Live(
-                    Episode(task, group),
+                    Episode(task, group, copy),
                     env.for_task(task),
                     game,
                     game.reset(),
@@ -112,7 +119,15 @@ def collect(
         prompt_ids = [
             policy.encoder.encode(p, s.skill_text) for p, s in zip(prompts, live, strict=True)
         ]
-        responses = backend.generate(prompt_ids, max_new_tokens, temperature, seed * 100_003 + turn)
+        if per_sample:  # one stream per (task, copy, turn): the batch around a row is irrelevant
+            row_seeds = [stream_seed(seed, s.episode.group, s.episode.copy, turn) for s in live]
+            responses = backend.generate(
+                prompt_ids, max_new_tokens, temperature, seed * 100_003 + turn, row_seeds=row_seeds
+            )
+        else:
+            responses = backend.generate(
+                prompt_ids, max_new_tokens, temperature, seed * 100_003 + turn
+            )
         for s, prompt, ids, response in zip(live, prompts, prompt_ids, responses, strict=True):
             text = policy.tokenizer.decode(response, skip_special_tokens=True)
             parsed = s.env.parse(text, s.observation.admissible)

@@ -11,6 +11,10 @@ redone; a checkpoint that does not load, or logs that do not hold exactly the st
 evaluations up to the checkpoint, mean it starts over. Whatever is replaced is kept beside it as
 ``<name>.damaged`` and one warning line says why. The run's ``.lock`` keeps two processes from
 executing it at once.
+
+A run over several ranks (``execute_run_rank``, README "Scale") is executed by every rank
+together; rank 0 alone decides whether to resume, writes the files and calls back, and the
+process that launched the ranks (or rank 0 under torchrun) holds the lock.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import torch
 import yaml
 
+from sdar_bench import distributed
 from sdar_bench.checkpoint import (
     CHECKPOINT_FILE,
     DamagedCheckpoint,
@@ -62,7 +67,7 @@ from sdar_bench.run_files import (
 )
 from sdar_bench.skills import skill_hashes
 from sdar_bench.trainer import evaluate, setup, train_step
-from sdar_bench.warmstart import warm_start
+from sdar_bench.warmstart import find_warm_start, warm_start
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -127,15 +132,31 @@ def execute_run(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dic
         return _execute_run(spec, run_dir, callback)
 
 
+def execute_run_rank(spec: RunSpec, run_dir: Path, callback: Callback = _noop) -> dict[str, Any]:
+    """This rank's part of ``spec`` executed by all ranks of the process group together.
+
+    Every rank must call it; the caller holds the run's lock (the launcher, or rank 0). Rank 0
+    writes the run's files and gets ``callback``; it returns the run's result on rank 0 and
+    ``{"run_id", "status"}`` elsewhere. A rank that fails raises (the launcher then ends the
+    others), and the next try resumes from the last checkpoint.
+    """
+    return _execute_run(spec, run_dir, callback if distributed.is_main() else _noop)
+
+
 def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, Any]:
-    checkpoint = _resume_point(spec, run_dir)
+    main = distributed.is_main()  # the one writer; True in a single process
+    checkpoint = _resume_point(spec, run_dir) if main else None
+    resume_step = distributed.broadcast_object(None if checkpoint is None else checkpoint["step"])
+    if checkpoint is None and resume_step is not None:  # rank 0 chose it: every rank reads it
+        checkpoint = read_checkpoint(run_dir)
     resume = checkpoint is not None
-    if not resume:
-        _clear(run_dir)
-    (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier crash; this try goes on
-    write_text_atomic(
-        run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    )
+    if main:
+        if not resume:
+            _clear(run_dir)
+        (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier crash; this try goes on
+        write_text_atomic(
+            run_dir / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        )
     torch.manual_seed(spec.seed)
     started = time.perf_counter()
 
@@ -148,16 +169,23 @@ def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, 
         first_step = restore_checkpoint(state, checkpoint)
         del checkpoint  # the weights now live in the model; do not hold a second copy
         warm["resumed_from_step"] = first_step
-    metrics_rows = _keep_rows(run_dir / "metrics.jsonl", first_step)
-    evals = _keep_rows(run_dir / "eval.jsonl", first_step)
-    _keep_rows(run_dir / EPISODES_FILE, first_step)
+    metrics_rows: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
     hashes = {name: state.env.panel_hash(tasks) for name, tasks in state.panels.items()}
     warm["panel_hashes"] = hashes
-    write_json_atomic(run_dir / MANIFEST_FILE, manifest(spec, hashes["test"], warm))
+    if distributed.active():
+        warm["ranks"] = distributed.world()
+    if main:
+        metrics_rows = _keep_rows(run_dir / "metrics.jsonl", first_step)
+        evals = _keep_rows(run_dir / "eval.jsonl", first_step)
+        _keep_rows(run_dir / EPISODES_FILE, first_step)
+        write_json_atomic(run_dir / MANIFEST_FILE, manifest(spec, hashes["test"], warm))
     callback("start", {"run_id": spec.run_id, "steps": spec.train.steps, "from": first_step})
 
     def run_eval(step: int) -> None:
-        rows, records = evaluate(state, step)
+        rows, records = evaluate(state, step)  # every rank plays its share of the panels
+        if not main:
+            return
         for record in records:
             append_jsonl(run_dir / EPISODES_FILE, record)
         for row in rows:
@@ -171,9 +199,11 @@ def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, 
     try:
         if state.method.trains:
             for step in range(first_step, spec.train.steps):
+                distributed.fault_point(step + 1)  # tests: a rank dies here
                 metrics = train_step(state, step)
                 metrics["step"] = step + 1
-                append_jsonl(run_dir / "metrics.jsonl", metrics)
+                if main:
+                    append_jsonl(run_dir / "metrics.jsonl", metrics)
                 metrics_rows.append(metrics)
                 callback("step", metrics)
                 if state.nonfinite_in_a_row >= spec.train.max_nonfinite_in_a_row:
@@ -187,9 +217,11 @@ def _execute_run(spec: RunSpec, run_dir: Path, callback: Callback) -> dict[str, 
                 every = spec.train.checkpoint_every
                 if every and (step + 1) % every == 0 and step + 1 < spec.train.steps:
                     save_checkpoint(state, step + 1, run_dir)
-    except RunFailed as exc:
+    except RunFailed as exc:  # every rank raises it at the same step (its test is global)
         status, reason = "failed", str(exc)
 
+    if not main:
+        return {"run_id": spec.run_id, "status": status}
     result = summarize_run(spec, evals)
     result.update(
         {
@@ -219,6 +251,12 @@ def initial_policy(spec: RunSpec, callback: Callback) -> tuple[Policy, dict[str,
     t0 = time.perf_counter()
     env = make_env(spec.env, **spec.env_params)
     model_dir = str(policy.model.name_or_path)
+    if distributed.active() and find_warm_start(spec, model_dir) is None:
+        # every rank would train its own copy at once: the launcher trains it first
+        raise RuntimeError(
+            f"the warm start of {spec.model} on {spec.env} is not trained yet; run "
+            "`sdar-bench warmstart SUITE` before starting ranks"
+        )
     checkpoint, cached = warm_start(policy, env, spec, model_dir)
     policy = load_policy(str(checkpoint), spec.train.max_prompt_tokens, options=spec.policy)
     info = {"checkpoint": str(checkpoint), "cached": cached, "seconds": time.perf_counter() - t0}

@@ -9,6 +9,11 @@ Three executors share one unit of work, ``execute_run`` on one ``RunSpec``:
   cluster at ``--address``. Workers write into the results folder and read the warm-start
   cache, so on a multi-node cluster both must be on shared storage.
 
+One run can also span several processes (README, "Scale"): ``--nproc N`` spawns N ranks per
+run on this machine (``launch_run``; torch's spawn tears every rank down when one dies), and
+``torchrun ... -m sdar_bench run-rank`` makes every torchrun process a rank of each run in turn
+(``run_suite_ranks``, for several nodes).
+
 Warm starts are trained here, before any run starts, so parallel runs never train the same one
 twice. A run that crashes is recorded (``error.txt`` with the traceback) and the suite goes on.
 
@@ -35,11 +40,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sdar_bench import distributed
 from sdar_bench.checkpoint import CHECKPOINT_FILE
 from sdar_bench.config import RunSpec, SuiteSpec
 from sdar_bench.jsonl import write_json_atomic
-from sdar_bench.locking import RunInUse, folder_lock
-from sdar_bench.run import Callback, execute_run
+from sdar_bench.locking import RunInUse, folder_lock, run_lock
+from sdar_bench.run import Callback, execute_run, execute_run_rank
 from sdar_bench.run_files import SUITE_FILE, is_finished, read_result
 from sdar_bench.tracking import RunTracker, SuiteTracker
 
@@ -170,16 +176,23 @@ def run_suite(
     executor: str = "local",
     address: str | None = None,
     tracker: SuiteTracker | None = None,
+    nproc: int = 1,
+    timeout_s: float = distributed.TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Execute every unfinished run of ``suite``; returns the outcomes of those it executed.
 
     ``tracker`` (an open ``SuiteTracker``) gets one nested MLflow run per executed run; without
-    one nothing is tracked. Raises ``FolderInUse`` when another process holds ``results``, and
-    ``FolderHoldsAnotherSuite`` when ``results`` records a suite of another name.
+    one nothing is tracked. ``nproc`` > 1: each run on that many ranks of this machine, every
+    collective bounded by ``timeout_s``. Raises ``FolderInUse`` when another process holds
+    ``results``, and ``FolderHoldsAnotherSuite`` when ``results`` records a suite of another
+    name.
     """
     with folder_lock(results):
         record_suite(suite, results)
-        return _run_suite(suite, results, console or Console(), workers, executor, address, tracker)
+        return _run_suite(
+            suite, results, console or Console(), workers, executor, address, tracker, nproc,
+            timeout_s,
+        )  # fmt: skip
 
 
 def _run_suite(
@@ -190,6 +203,8 @@ def _run_suite(
     executor: str,
     address: str | None,
     tracker: SuiteTracker | None,
+    nproc: int = 1,
+    timeout_s: float = distributed.TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     tracker = tracker or SuiteTracker(suite.name, results, enabled=False)
     runs = suite.expand()
@@ -200,7 +215,10 @@ def _run_suite(
     )
     if not todo:
         return []
-    if executor == "ray":
+    if nproc > 1:
+        prepare_warm_starts(todo, console)
+        outcomes = _run_ranks(todo, results, console, nproc, tracker, timeout_s)
+    elif executor == "ray":
         prepare_warm_starts(todo, console)
         outcomes = _run_ray(todo, results, console, address, tracker)
     elif workers > 1:
@@ -238,6 +256,21 @@ def _plain(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def _step_line(spec: RunSpec, info: dict[str, Any], seconds: float) -> str:
+    return (
+        f"{spec.run_id} step {info['step']}/{spec.train.steps} "
+        f"reward {info['reward/mean']:.3f} train success {info['success/train']:.1%} "
+        f"{seconds:.1f} s"
+    )
+
+
+def _eval_line(spec: RunSpec, info: dict[str, Any]) -> str:
+    return (
+        f"{spec.run_id} eval step {info['step']} {info['label']} "
+        f"{info.get('panel', 'test')} panel success {info.get('success/all', 0):.1f}%"
+    )
+
+
 def _step_callback(
     progress: Progress, bar: Any, tracked: RunTracker, folder: Path, spec: RunSpec
 ) -> Callable[[str, dict[str, Any]], None]:
@@ -261,12 +294,7 @@ def _step_callback(
             )
             if plain:
                 now = time.perf_counter()
-                _plain(
-                    progress.console,
-                    f"{spec.run_id} step {info['step']}/{spec.train.steps} "
-                    f"reward {info['reward/mean']:.3f} train success {info['success/train']:.1%} "
-                    f"{now - last[0]:.1f} s",
-                )
+                _plain(progress.console, _step_line(spec, info, now - last[0]))
                 last[0] = now
         elif event == "eval":
             tracked.log_eval(info["step"], info)
@@ -276,11 +304,7 @@ def _step_callback(
                 f"{info.get('success/all', 0):.1f}%",
             )
             if plain:
-                _plain(
-                    progress.console,
-                    f"{spec.run_id} eval step {info['step']} {info['label']} "
-                    f"{info.get('panel', 'test')} panel success {info.get('success/all', 0):.1f}%",
-                )
+                _plain(progress.console, _eval_line(spec, info))
                 last[0] = time.perf_counter()  # the next step's seconds exclude the evaluation
 
     return callback
@@ -352,6 +376,148 @@ def _run_processes(
                 overall, advance=1, info=f"{futures[future].run_id} {outcome['status']}"
             )
     return outcomes
+
+
+def _line_callback(spec: RunSpec) -> Callback:
+    """Rank 0's progress: one plain line per step and evaluation on its stdout (the launching
+    process sees a run only when it ends)."""
+    console = Console()
+    last = [time.perf_counter()]
+
+    def callback(event: str, info: dict[str, Any]) -> None:
+        if event == "step":
+            now = time.perf_counter()
+            _plain(console, _step_line(spec, info, now - last[0]))
+            last[0] = now
+        elif event == "eval":
+            _plain(console, _eval_line(spec, info))
+            last[0] = time.perf_counter()
+
+    return callback
+
+
+def _rank_entry(
+    local_rank: int,
+    nproc: int,
+    port: int,
+    timeout_s: float,
+    spec_json: str,
+    folder: str,
+    threads: int,
+) -> None:
+    """A spawned rank: join the run's process group, execute its part, leave. An exception
+    ends the process with its traceback, and the launcher ends the other ranks."""
+    import torch
+
+    from sdar_bench.quiet import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    distributed.spawn_env(local_rank, nproc, port)
+    distributed.init_from_env(timeout_s)
+    try:
+        spec = RunSpec.model_validate_json(spec_json)
+        execute_run_rank(spec, Path(folder), _line_callback(spec))  # rank 0's lines only
+    finally:
+        distributed.shutdown()
+
+
+def launch_run(
+    spec: RunSpec, folder: Path, nproc: int, timeout_s: float = distributed.TIMEOUT_S
+) -> dict[str, Any]:
+    """Execute ``spec`` on ``nproc`` spawned ranks of this machine; its outcome, as
+    ``safe_execute`` gives it (a failed rank is a crash recorded in ``error.txt``).
+
+    This process holds the run's lock while the ranks run. ``torch.multiprocessing`` watches
+    them: when one exits with an error or is killed, it terminates the others at once, so a
+    dead rank ends the run instead of leaving the rest blocked in a collective (which the
+    process group's ``timeout_s`` bounds as well).
+    """
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
+
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    try:
+        with run_lock(folder):
+            args = (nproc, distributed.free_port(), timeout_s, spec.model_dump_json(), str(folder), threads)  # fmt: skip
+            mp.start_processes(_rank_entry, args, nprocs=nproc, join=True, start_method="spawn")
+    except RunInUse as exc:
+        return {"run_id": spec.run_id, "status": "crashed", "reason": str(exc)}
+    except ProcessException as exc:
+        (folder / (CHECKPOINT_FILE + ".tmp")).unlink(missing_ok=True)
+        detail = str(exc).strip()
+        if isinstance(exc, ProcessRaisedException):  # the rank's traceback: its last line
+            last = detail.splitlines()[-1] if detail else ""
+            reason = f"rank {exc.error_index} failed: {last}"
+        else:
+            reason = f"rank {exc.error_index} died: {detail.splitlines()[0] if detail else ''}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(detail + "\n")
+        except OSError:
+            pass  # a full disk: the reason below still reaches the console
+        return {"run_id": spec.run_id, "status": "crashed", "reason": reason}
+    result = read_result(folder)
+    if result is None:  # rank 0 returned without writing its result: say so, never hide it
+        return {"run_id": spec.run_id, "status": "crashed", "reason": "no result.json written"}
+    return result
+
+
+def _run_ranks(
+    todo: list[RunSpec],
+    results: Path,
+    console: Console,
+    nproc: int,
+    tracker: SuiteTracker,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """One run after another, each on ``nproc`` ranks; MLflow logs each once it is done."""
+    outcomes = []
+    for spec in todo:
+        _plain(console, f"{spec.run_id}: {nproc} ranks")
+        folder = run_dir(results, spec)
+        outcome = launch_run(spec, folder, nproc, timeout_s)
+        outcomes.append(outcome)
+        _track_finished(tracker, spec, folder, outcome)
+        _plain(console, f"{spec.run_id} {outcome.get('status')}")
+    return outcomes
+
+
+def run_suite_ranks(
+    suite: SuiteSpec, results: Path, tracker: SuiteTracker | None = None
+) -> list[dict[str, Any]]:
+    """This process's part of ``suite`` when torchrun started it as one rank of many: every rank
+    executes every unfinished run together. Rank 0 holds the results folder's lock and each
+    run's, writes the files, logs to MLflow (``tracker``, rank 0 only) and returns the outcomes;
+    other ranks return []. The process group is up; warm starts are trained beforehand.
+
+    Any error ends this process (torchrun then ends the others): a run of several ranks cannot
+    go on without one of them, and the next launch resumes it from its checkpoint.
+    """
+    from contextlib import ExitStack
+
+    main = distributed.is_main()
+    with ExitStack() as stack:
+        todo_ids: list[str] = []
+        if main:
+            stack.enter_context(folder_lock(results))
+            record_suite(suite, results)
+            todo_ids = [r.run_id for r in suite.expand() if not is_finished(run_dir(results, r))]
+        todo_ids = distributed.broadcast_object(todo_ids)
+        by_id = {r.run_id: r for r in suite.expand()}
+        tracker = tracker or SuiteTracker(suite.name, results, enabled=False)
+        outcomes = []
+        for run_id in todo_ids:
+            spec = by_id[run_id]
+            folder = run_dir(results, spec)
+            if main:
+                with run_lock(folder):
+                    outcome = execute_run_rank(spec, folder, _line_callback(spec))
+                outcomes.append(outcome)
+                _track_finished(tracker, spec, folder, outcome)
+            else:
+                execute_run_rank(spec, folder)
+        return outcomes
 
 
 def run_resources(spec: RunSpec) -> dict[str, float]:

@@ -11,6 +11,12 @@
 
 A method decides nothing else: rollout, scoring, optimiser and logging live here, so a
 comparison between methods is a comparison between their losses.
+
+With several ranks (``--nproc N``, README "Scale") every rank runs this loop on its share of
+the step: whole task groups (``distributed.share``), so group advantages need no other rank.
+What crosses ranks: the update's token count and gradients (the summed gradient is that of
+the whole batch), and the episodes, rewards and diagnostics behind the step's metrics and the
+evaluations, gathered in task order so that they are computed as one process computes them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sdar_bench import distributed
 from sdar_bench.config import RunSpec
 from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
@@ -38,7 +45,7 @@ from sdar_bench.policy.scoring import (
     score_topk_in_chunks,
 )
 from sdar_bench.registry import Method, SampleInfo, get_method, get_method_class
-from sdar_bench.rollout import Episode, collect
+from sdar_bench.rollout import Episode, Turn, collect
 from sdar_bench.skills import MixRetriever, SkillRetriever, make_retriever
 from sdar_bench.token_view import TokenView
 
@@ -166,6 +173,10 @@ def setup(spec: RunSpec, policy: Policy) -> RunState:
                     if (mode == "frozen" and reference is not None)
                     else policy.frozen_copy()
                 )
+        if policy.options.fsdp and distributed.active():
+            # after the reference and teacher copies (whole, no-grad) and before the optimiser,
+            # which must own the sharded parameters
+            distributed.shard_model(policy.model)
         optimizer = torch.optim.AdamW(
             policy.trainable_parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay
         )
@@ -247,6 +258,8 @@ def evaluate(state: RunState, step: int) -> tuple[list[dict[str, Any]], list[dic
     row per member, so each env's numbers are those of a single-env run of it.
     """
     rows, records = [], []
+    # FSDP: the weights whole for the panels' rollouts (one gather, whatever the episodes' length)
+    distributed.unshard(state.policy.model)
     for panel, tasks in state.panels.items():
         by_env: dict[str, list[Task]] = {}
         for task in tasks:
@@ -258,6 +271,7 @@ def evaluate(state: RunState, step: int) -> tuple[list[dict[str, Any]], list[dic
                 row["panel"] = record["panel"] = panel
                 rows.append(row)
                 records.append(record)
+    distributed.reshard(state.policy.model)
     return rows, records
 
 
@@ -267,18 +281,21 @@ def _evaluate_panel(
     spec = state.spec
     temperature = env.eval_temperature if spec.eval.temperature is None else spec.eval.temperature
     start = time.perf_counter()
+    mine = distributed.share(len(tasks))  # this rank's share of the panel, by panel index
     episodes = collect(
         state.policy,
         state.backend,
         env,
-        tasks,
+        [tasks[i] for i in mine],
         1,
         temperature=temperature,
         max_new_tokens=spec.train.max_new_tokens,
         # The same sampling noise at every evaluation: differences come from the weights.
         seed=spec.seed + 7_919,
         skills=state.eval_skills if with_skills else None,
+        groups=mine,
     )
+    episodes = all_episodes(episodes)  # the whole panel, in panel order, on every rank
     label = row_label(state, with_skills)
     row: dict[str, Any] = {
         "step": step,
@@ -301,6 +318,42 @@ def _evaluate_panel(
     return row, record
 
 
+def light_episode(episode: Episode) -> Episode:
+    """``episode`` without its prompts, token ids and texts: what another rank needs of it for
+    metrics and evaluation records (outcome, turns, actions), a small fraction of its size."""
+    turns = [Turn(t.index, "", [], [], "", t.action, t.expert_action) for t in episode.turns]
+    return Episode(episode.task, episode.group, episode.copy, turns, episode.score, episode.reward)
+
+
+def all_episodes(episodes: list[Episode]) -> list[Episode]:
+    """Every rank's ``episodes`` (light, see ``light_episode``) in task order, then copy order:
+    the order one process plays them in. ``episodes`` themselves in one process."""
+    if not distributed.active():
+        return episodes
+    shares = distributed.gather_objects([light_episode(e) for e in episodes])
+    return sorted((e for share in shares for e in share), key=lambda e: (e.group, e.copy))
+
+
+def global_samples(groups: torch.Tensor, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample tensors (first dim N, samples in episode order) of every rank, concatenated
+    in the order one process holds them: by task group, keeping each rank's order within a
+    group (copy, then turn). Columns (dim 1) are zero-padded to the widest rank's. The tensors
+    themselves in one process."""
+    if not distributed.active():
+        return rows
+    shares = distributed.gather_objects([groups.cpu(), *(r.detach().cpu() for r in rows)])
+    all_groups = torch.cat([share[0] for share in shares])  # [N_total]
+    order = torch.sort(all_groups, stable=True).indices
+    out = []
+    for k in range(len(rows)):
+        parts = [share[k + 1] for share in shares]
+        if parts[0].dim() > 1:
+            width = max(part.shape[1] for part in parts)
+            parts = [F.pad(part, (0, width - part.shape[1])) for part in parts]
+        out.append(torch.cat(parts)[order])
+    return tuple(out)
+
+
 def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
     stds = [rewards[groups == g].std(unbiased=False).item() for g in groups.unique()]
     return sum(stds) / len(stds)
@@ -309,17 +362,20 @@ def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
 def _gap_diagnostics(
     batch: Batch, teach: torch.Tensor, old: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, Any]:
-    """Teacher–student gap by turn index and by agreement with the expert (SPEC §4)."""
+    """Teacher–student gap by turn index and by agreement with the expert (SPEC §4), over
+    every rank's samples."""
     delta = (teach - old) * mask  # [N, R]
+    turn_index, expert_agree, delta, mask = global_samples(
+        batch.group_ids, batch.turn_index, batch.expert_agree, delta, mask
+    )
     per_sample = delta.sum(1) / mask.sum(1).clamp(min=1)  # [N] mean gap of each turn sample
     out: dict[str, Any] = {
         "gap/by_turn": {
-            int(t): per_sample[batch.turn_index == t].mean().item()
-            for t in batch.turn_index.unique()
+            int(t): per_sample[turn_index == t].mean().item() for t in turn_index.unique()
         }
     }
     for name, flag in (("gap/expert_agree", 1), ("gap/expert_disagree", 0)):
-        rows = batch.expert_agree == flag
+        rows = expert_agree == flag
         if rows.any():
             out[name] = ((delta[rows]).sum() / mask[rows].sum().clamp(min=1)).item()
     return out
@@ -329,22 +385,26 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     spec, env, policy, method = state.spec, state.env, state.policy, state.method
     t0 = time.perf_counter()
     tasks = env.train_tasks(spec.seed, step, spec.train.tasks_per_step)
+    mine = distributed.share(len(tasks))  # whole task groups: a group's G copies on one rank
+    # FSDP: the weights whole for rollout and scoring, where ranks run different numbers of
+    # passes (resharded before the update)
+    distributed.unshard(policy.model)
     episodes = collect(
         policy,
         state.backend,
         env,
-        tasks,
+        [tasks[i] for i in mine],
         spec.train.group_size,
         temperature=spec.train.temperature,
         max_new_tokens=spec.train.max_new_tokens,
         seed=spec.seed * 1_000_003 + step,
         skills=state.train_skills,
+        groups=mine,
     )
     state.backend.sleep()  # a GPU rollout engine frees its memory for scoring and the update
     batch = build_batch(episodes, env, policy, state.teacher_skills)
-    for retriever in {id(r): r for r in (state.train_skills, state.teacher_skills) if r}.values():
-        for episode in episodes:  # the ucb retriever learns which skill goes with success
-            retriever.feedback(episode.task, float(episode.won))
+    everyone = all_episodes(episodes)  # every rank's episodes, in task order
+    _skill_feedback(state, tasks, everyone)
     t1 = time.perf_counter()
 
     pad, chunk = policy.pad_id, spec.train.micro_batch_size
@@ -389,6 +449,7 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         )
     elif topk is not None:
         raise ValueError(f"method {method.name!r} asks for the teacher's top-k but has no teacher")
+    distributed.reshard(policy.model)
     t2 = time.perf_counter()
 
     view = TokenView(
@@ -415,15 +476,20 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
         state.nonfinite_in_a_row = 0
 
     tokens = int(mask.sum().item()) + sum(len(p) for p in batch.prompt_ids)
+    # Over every rank: counts summed, a step as long as its slowest rank, samples in task order.
+    tokens = int(distributed.all_sum(torch.tensor([tokens], dtype=torch.float64)).item())
+    spans = distributed.all_max(torch.tensor([t1 - t0, t2 - t0, t3 - t0], dtype=torch.float64))
+    t1, t2, t3 = (t0 + span for span in spans.tolist())
+    (rewards,) = global_samples(batch.group_ids, batch.rewards)  # [N_total]
     metrics: dict[str, Any] = {
-        "reward/mean": batch.rewards.mean().item(),
+        "reward/mean": rewards.mean().item(),
         "reward/std_in_group": _group_std(
-            torch.tensor([e.reward for e in episodes]), torch.tensor([e.group for e in episodes])
+            torch.tensor([e.reward for e in everyone]), torch.tensor([e.group for e in everyone])
         ),
-        "success/train": sum(e.won for e in episodes) / len(episodes),
-        "turns/mean": sum(len(e.turns) for e in episodes) / len(episodes),
-        "invalid/ratio": sum(t.action is None for e in episodes for t in e.turns) / len(batch),
-        "samples": len(batch),
+        "success/train": sum(e.won for e in everyone) / len(everyone),
+        "turns/mean": sum(len(e.turns) for e in everyone) / len(everyone),
+        "invalid/ratio": sum(t.action is None for e in everyone for t in e.turns) / len(rewards),
+        "samples": len(rewards),
         **update_metrics,
         "time/rollout": t1 - t0,
         "time/teacher": t2 - t1,
@@ -433,8 +499,21 @@ def train_step(state: RunState, step: int) -> dict[str, Any]:
     if teach is not None:
         metrics.update(_gap_diagnostics(batch, teach, first_logp if old is None else old, mask))
     if is_mix(env.name):
-        metrics.update(per_env_metrics(episodes))
+        metrics.update(per_env_metrics(everyone))
     return metrics
+
+
+def _skill_feedback(state: RunState, tasks: Sequence[Task], episodes: Sequence[Episode]) -> None:
+    """The ucb retriever learns which skill goes with success, from every rank's episodes in
+    task order: its statistics are the same on every rank, and as in one process."""
+    for retriever in {id(r): r for r in (state.train_skills, state.teacher_skills) if r}.values():
+        if distributed.active():
+            # feedback credits the skills shown for a task; this rank retrieved only its own
+            # share's, and retrieval is a function of the statistics every rank shares
+            for task in tasks:
+                retriever.retrieve(task)
+        for episode in episodes:
+            retriever.feedback(episode.task, float(episode.won))
 
 
 def per_env_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
@@ -464,6 +543,10 @@ def _update(
     """PPO epochs × mini-batches; micro-batches accumulate gradients with token-share weights so
     every ``Agg`` is exactly the token-mean over the whole mini-batch.
 
+    With several ranks, a mini-batch is the union of every rank's: the shares are of its global
+    token count, the gradients are summed over ranks before clipping, and a step is skipped on
+    every rank when any rank saw a non-finite loss.
+
     Returns the metrics and the detached ``logp`` [N, R] of each sample's first forward pass.
     """
     spec, policy, method = state.spec, state.policy, state.method
@@ -477,16 +560,26 @@ def _update(
     first_logp = torch.zeros_like(view.mask)  # [N, R]
     seen = torch.zeros(len(batch), dtype=torch.bool)
     gen = torch.Generator().manual_seed(spec.seed * 7_777 + step)
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]
     for _ in range(spec.train.ppo_epochs):
         order = torch.randperm(len(batch), generator=gen)
-        for mb_rows in order.chunk(spec.train.mini_batches):
+        mini = list(order.chunk(spec.train.mini_batches))
+        if distributed.active():  # chunk gives fewer when rows are few; ranks must step alike
+            mini += [order[:0]] * (spec.train.mini_batches - len(mini))
+        for mb_rows in mini:
             state.optimizer.zero_grad(set_to_none=True)
-            mb_tokens = view.mask[mb_rows].sum().clamp(min=1)
+            # the global mini-batch's tokens: each rank's gradient is its share of that mean
+            mb_tokens = distributed.all_sum(view.mask[mb_rows].sum()).clamp(min=1)
             finite = True
             # Micro-batches only split the mini-batch's gradient sum: ordering its rows by
             # prompt cuts padding and lets copies of a prompt share one forward pass.
-            sorted_rows = torch.tensor(by_prompt(batch.prompt_ids, mb_rows.tolist()))
-            for rows in sorted_rows.split(spec.train.micro_batch_size):
+            sorted_rows = torch.tensor(
+                by_prompt(batch.prompt_ids, mb_rows.tolist()), dtype=torch.long
+            )
+            # FSDP: whole weights, gradients kept on this rank until summed below
+            distributed.unshard(model)
+            distributed.local_accumulation(model, True)
+            for rows in sorted_rows.split(spec.train.micro_batch_size) if len(mb_rows) else ():
                 idx = rows.tolist()
                 micro = view.select(rows)
                 scores = score_responses(
@@ -517,11 +610,14 @@ def _update(
                 (loss * share).backward()
                 for key, value in metrics.items():
                     sums[key] += value * share
+            # the gradient of the whole (global) mini-batch on every rank; FSDP: in its shards
+            distributed.sum_gradients(model, params, policy.pad_id)
+            finite = not distributed.all_max(torch.tensor([float(not finite)])).item()
             if not finite:
                 skipped += 1
                 state.optimizer.zero_grad(set_to_none=True)
                 continue
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
+            norm = distributed.clip_grad_norm(list(model.parameters()), spec.train.grad_clip)
             if not torch.isfinite(norm):
                 skipped += 1
                 state.optimizer.zero_grad(set_to_none=True)
@@ -530,6 +626,12 @@ def _update(
             state.optimizer.step()
             _ema_update(state)
     n_updates = max(len(grad_norms), 1)
+    if distributed.active():  # each rank's shares are of the global token counts: sum them
+        shares = distributed.gather_objects(dict(sums))
+        sums = defaultdict(float)
+        for share in shares:
+            for key, value in share.items():
+                sums[key] += value
     out = {
         key: value / (spec.train.ppo_epochs * spec.train.mini_batches)
         for key, value in sums.items()
@@ -544,5 +646,6 @@ def _ema_update(state: RunState) -> None:
     if getattr(state.method.params, "teacher", "live") != "ema" or state.teacher is None:
         return
     decay = state.method.params.ema_decay  # type: ignore[attr-defined]
-    for t, p in zip(state.teacher.parameters(), state.policy.model.parameters(), strict=True):
-        t.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    with distributed.gathered(state.policy.model):  # FSDP: the teacher is a whole copy
+        for t, p in zip(state.teacher.parameters(), state.policy.model.parameters(), strict=True):
+            t.mul_(decay).add_(p.detach(), alpha=1 - decay)

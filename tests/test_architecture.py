@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sdar_bench.jsonl",
             "sdar_bench.locking",
             "sdar_bench.quiet",
+            "sdar_bench.distributed",
             "sdar_bench.validation",
             "sdar_bench.retrieval",
             "sdar_bench.token_view",

@@ -54,7 +54,19 @@ def heavy(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 def test_every_command_is_probed() -> None:
     assert sorted(COMMANDS) == sorted(
-        ["run", "plan", "warmstart", "report", "ui", "methods", "envs", "tune", "compare", "power"]
+        [
+            "run",
+            "run-rank",
+            "plan",
+            "warmstart",
+            "report",
+            "ui",
+            "methods",
+            "envs",
+            "tune",
+            "compare",
+            "power",
+        ]
     )
 
 

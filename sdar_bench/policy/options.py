@@ -92,6 +92,24 @@ class PolicyOptions(_Strict):
     nothing is compiled; filler rows change the random draws, not the distribution). Left out
     of the run id at its default, so existing runs keep their ids."""
 
+    sampling: Literal["batch", "per_sample"] = Field(
+        "batch", exclude_if=lambda value: value == "batch"
+    )
+    """Where a rollout's random draws come from. ``batch``: one stream per ``generate`` call,
+    seeded from (run seed, step, turn), so a row's tokens depend on the whole batch it was
+    sampled in (the default; every result before the option existed). ``per_sample``: each
+    (task, copy, turn) draws from its own stream, seeded from (run seed, step, task index,
+    copy, turn), by Gumbel-max sampling (exactly softmax(logits / T), tested); a row's tokens
+    then do not depend on which other rows share its batch or its process, which is what
+    ``--nproc N > 1`` needs to sample what one process samples. Left out of the run id at its
+    default, so existing runs keep their ids."""
+    fsdp: bool = Field(False, exclude_if=lambda value: value is False)
+    """With ``--nproc N > 1``: shard the optimiser state and the gradients over the ranks with
+    FSDP2 (``torch.distributed.fsdp.fully_shard`` on every decoder layer and the root) instead
+    of keeping a full copy on every rank (data parallel, the default). Parameters are gathered
+    whole for the step's rollout, scoring and update (README, "Scale"). Ignored by one
+    process. Left out of the run id when off."""
+
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")

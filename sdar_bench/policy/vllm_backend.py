@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sdar_bench import distributed
 from sdar_bench.policy.errors import RolloutUnavailable
 
 if TYPE_CHECKING:
@@ -174,6 +175,13 @@ class VLLMBackend:
         # The engine core in this process: collective_rpc then hands the trainer's tensors to
         # the worker by reference. Set it in the environment to run the engine apart instead.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        ranks = {}
+        if distributed.active():
+            # One engine per rank, on the rank's own GPU (LOCAL_RANK): vLLM's external-launcher
+            # mode takes the torch.distributed environment instead of starting workers, as
+            # TRL's colocated GRPO runs it (tensor parallel 1: each rank its own engine, fed
+            # its own share). Not yet run on GPUs by the project.
+            ranks = {"distributed_executor_backend": "external_launcher"}
         self.llm = LLM(
             model=str(base.name_or_path),  # a LoRA policy's base; the adapters arrive merged
             dtype=dtype,  # the trainer's precision, so the two compute the same log-probs
@@ -185,6 +193,7 @@ class VLLMBackend:
             skip_tokenizer_init=True,
             logprobs_mode="raw_logprobs",
             worker_extension_cls=f"{__name__}.WeightLoader",
+            **ranks,
         )
         self.last_logprobs: list[list[float]] = []
         self._weights_asleep = self._kv_asleep = False
@@ -198,8 +207,14 @@ class VLLMBackend:
         max_new_tokens: int,
         temperature: float,
         generator_seed: int,
+        row_seeds: Sequence[int] | None = None,
     ) -> list[list[int]]:
         self._wake()
+        if row_seeds is None:
+            # Distinct per prompt: the G copies of a task's first turn must not sample alike.
+            seeds = [(generator_seed * 1_000_003 + i) % 2**31 for i in range(len(prompts))]
+        else:  # sampling: per_sample; vLLM gives every seeded request its own generator
+            seeds = [s % 2**31 for s in row_seeds]
         params = [
             self._sampling_params(
                 n=1,
@@ -207,8 +222,7 @@ class VLLMBackend:
                 top_p=1.0,
                 top_k=0,  # 0 (or -1) keeps every token in the pinned versions
                 max_tokens=max_new_tokens,
-                # Distinct per prompt: the G copies of a task's first turn must not sample alike.
-                seed=(generator_seed * 1_000_003 + i) % 2**31,
+                seed=seeds[i],
                 logprobs=0,  # only the sampled token's log-prob
                 stop_token_ids=[self.eos_id],  # no tokenizer to take EOS from; kept in the ids
                 detokenize=False,
