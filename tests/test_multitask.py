@@ -16,7 +16,7 @@ import yaml
 from sdar_bench.config import EvalSpec, RunSpec, SpecError, TrainSpec, WarmStartSpec, load_suite
 from sdar_bench.envs import make_env
 from sdar_bench.envs.mix import split_counts
-from sdar_bench.report.compare import compare_runs
+from sdar_bench.report.compare import baseline_for, compare_runs
 from sdar_bench.report.results import read_results
 from sdar_bench.rollout import Episode, Turn
 from sdar_bench.run import execute_run
@@ -226,3 +226,11 @@ def test_mix_warm_start_data_covers_every_env_in_one_vocabulary() -> None:
         assert unknown(mixed, member) == unknown(own, member)
         if name != "searchqa":  # Search-QA's passages hold words outside any tiny vocabulary
             assert unknown(mixed, member) == 0
+
+
+def test_a_multitask_row_with_parameters_is_compared_with_the_mixs_baseline() -> None:
+    # the label a suite's "sdar: {beta: 5.0}" gets: the parameters follow "(multitask)"; a
+    # first version checked endswith and compared this row with the single-env GRPO, unpaired
+    assert baseline_for("SDAR (multitask) [beta=5.0,coef=0.01]", "GRPO") == "GRPO (multitask)"
+    assert baseline_for("SDAR (multitask)", "GRPO") == "GRPO (multitask)"
+    assert baseline_for("SDAR [beta=5.0,coef=0.01]", "GRPO") == "GRPO"

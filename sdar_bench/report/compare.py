@@ -161,6 +161,12 @@ def compare_runs(
     return out
 
 
+def baseline_for(label: str, base: str) -> str:
+    """The row ``label`` is compared with: the baseline trained on the same mix for a multitask
+    row (whose label may go on with parameters: "SDAR (multitask) [beta=5.0]"), else ``base``."""
+    return base + MULTITASK if MULTITASK in label else base
+
+
 def _pairs_of_sides(
     folder: ResultsFolder, baseline: str, metric: str | None
 ) -> Iterator[tuple[str, str, str, _Side, str, _Side, str]]:
@@ -174,7 +180,7 @@ def _pairs_of_sides(
         for label, a in sides.items():
             # A multitask row is compared with the baseline trained on the same mix, never with
             # the single-env baseline (a different start: see results.multitask_members).
-            against = base + MULTITASK if label.endswith(MULTITASK) else base
+            against = baseline_for(label, base)
             if label == against or against not in sides:
                 continue
             yield model, env, label, a, against, sides[against], wanted
