@@ -134,6 +134,7 @@ def test_a_killed_warm_start_resumes_from_its_last_checkpoint(tmp_path, monkeypa
         ("three_envs", "alfworld"),
         ("three_envs", "webshop"),
         ("three_envs", "searchqa"),
+        ("multitask", "alfworld+webshop+searchqa"),  # trained on 2 CPU cores, 3000 steps
     ],
 )
 def test_the_suites_warm_starts_are_shipped_for_their_exact_settings(suite: str, env: str) -> None:
