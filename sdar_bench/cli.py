@@ -256,7 +256,11 @@ def run(
         console.print(
             f"MLflow: {tracker.uri} (experiment {suite.name}); browse: sdar-bench ui {out}"
         )
-    failed = unfinished_runs(suite, out, outcomes)
+    _exit_if_unfinished(suite, unfinished_runs(suite, out, outcomes))
+
+
+def _exit_if_unfinished(suite: SuiteSpec, failed: list[tuple[str, str]]) -> None:
+    """Name every run that did not finish in one line and exit 1 (the table is written)."""
     if failed:
         console.print(
             f"{len(failed)} of {len(suite.expand())} runs did not finish: "
@@ -361,16 +365,8 @@ def run_rank(
                 _print_report(out)
     finally:
         distributed.shutdown()
-    failed = unfinished_runs(suite, out, outcomes) if distributed.is_main() else []
-    if failed:
-        console.print(
-            f"{len(failed)} of {len(suite.expand())} runs did not finish: "
-            + "; ".join(f"{run_id} ({why})" for run_id, why in failed),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1)
+    if distributed.is_main():
+        _exit_if_unfinished(suite, unfinished_runs(suite, out, outcomes))
 
 
 @app.command()

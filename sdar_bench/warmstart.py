@@ -116,8 +116,7 @@ def warm_start(
     if found is not None:
         return found, True
     path = cache_dir() / "warmstart" / checkpoint_name(spec, model_dir)
-    # Trainer checkpoints of an unfinished warm start: a killed one resumes from the last.
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_dir(spec, model_dir)  # a killed warm start resumes from the last checkpoint
     with warmstart_lock(partial):
         found = find_warm_start(spec, model_dir)  # another process may have finished it
         if found is not None:
@@ -195,25 +194,28 @@ def _train(
     return resumed
 
 
+def partial_dir(spec: RunSpec, model_dir: str) -> Path:
+    """Where the Trainer checkpoints of an unfinished warm start of ``spec`` go."""
+    return cache_dir() / "warmstart" / f"{checkpoint_name(spec, model_dir)}.partial"
+
+
+def _checkpoints(partial: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-<step>`` in ``partial``, oldest first, and
+    whether complete or not (the Trainer writes ``trainer_state.json`` last)."""
+    found = [(d.name.rsplit("-", 1)[-1], d) for d in partial.glob("checkpoint-*")]
+    return sorted((int(step), d) for step, d in found if step.isdigit())
+
+
 def resume_step(spec: RunSpec, model_dir: str) -> int:
     """The step an unfinished warm start of ``spec`` would resume at on this machine (0: none)."""
-    partial = cache_dir() / "warmstart" / f"{checkpoint_name(spec, model_dir)}.partial"
-    steps = [
-        int(d.name.rsplit("-", 1)[-1])
-        for d in partial.glob("checkpoint-*")
-        if d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").exists()
-    ]
-    return max(steps, default=0)
+    done = _checkpoints(partial_dir(spec, model_dir))
+    return max((step for step, d in done if (d / "trainer_state.json").exists()), default=0)
 
 
 def _last_complete_checkpoint(partial: Path) -> str | None:
-    """The newest ``checkpoint-<step>`` in ``partial`` that the Trainer finished writing (its
-    ``trainer_state.json`` is written last); a torn one, from a process killed while saving,
-    is removed."""
-    done = sorted(
-        (d for d in partial.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
-        key=lambda d: int(d.name.split("-")[-1]),
-    )
+    """The newest checkpoint in ``partial`` that the Trainer finished writing; a torn one, from
+    a process killed while saving, is removed."""
+    done = [d for _, d in _checkpoints(partial)]
     while done and not (done[-1] / "trainer_state.json").exists():
         shutil.rmtree(done.pop(), ignore_errors=True)
     return str(done[-1]) if done else None

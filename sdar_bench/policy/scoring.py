@@ -100,10 +100,10 @@ def shared_prompt_cache(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention: torch.Tensor,
-    inverse: torch.Tensor,
+    inverse: torch.Tensor | None,
 ) -> tuple[DynamicCache, torch.Tensor] | None:
     """Run the distinct left-padded prompts ``input_ids`` [U, P] once and repeat their KV cache
-    to the rows of ``inverse`` [B]; returns the cache and the last position's logits [U, V],
+    to the rows of ``inverse`` [B] (None: keep the U rows as they are); returns the cache and the last position's logits [U, V],
     or None where the model kept no cache (gradient checkpointing in training mode).
 
     Differentiable when gradients are on: the copies' gradients add up in the shared prompt.
@@ -122,7 +122,8 @@ def shared_prompt_cache(
         )
     if cache.get_seq_length() != input_ids.shape[1]:
         return None
-    cache.batch_select_indices(inverse.to(device))
+    if inverse is not None:
+        cache.batch_select_indices(inverse.to(device))
     return cache, out.logits[:, -1]
 
 
@@ -230,11 +231,11 @@ def plan_prefixes(prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
     return PrefixPlan(owners, torch.tensor(inverse, dtype=torch.long), shared)
 
 
-def prefix_order(prompts: Sequence[Sequence[int]]) -> list[int]:
+def prefix_order(prompts: Sequence[Sequence[int]], plan: PrefixPlan | None = None) -> list[int]:
     """All rows ordered for chunked scoring with shared prefixes: by the length of what is left
     after the row's shared prefix (the width of the second pass, so chunks pad little), then by
-    that prefix (so a chunk holds few distinct prefixes)."""
-    plan = plan_prefixes(prompts)
+    that prefix (so a chunk holds few distinct prefixes). ``plan``: the prompts' plan, if made."""
+    plan = plan or plan_prefixes(prompts)
     if plan is None:
         return by_prompt(prompts)
     inverse = plan.inverse.tolist()
@@ -290,8 +291,7 @@ def run_prefixes(
     values: list[list[torch.Tensor]] = []
     for start in range(0, U, chunk):
         part = slice(start, start + chunk)
-        identity = torch.arange(min(chunk, U - start))
-        cached = shared_prompt_cache(model, ids[part], attention[part], identity)
+        cached = shared_prompt_cache(model, ids[part], attention[part], None)
         if cached is None:
             return None
         layers = cached[0].layers
@@ -523,7 +523,7 @@ def score_topk_in_chunks(
         k = min(topk, model.config.vocab_size)
         ids_out = torch.zeros(len(prompts), R, k, dtype=torch.long)
         topk_out = torch.zeros(len(prompts), R, k)
-    prefixes = None
+    prefixes = plan = None
     if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
         plan = _worth_sharing(prompts)
         # Stored prefixes hold U·Lp tokens of KV; past STORED_PREFIX_CHUNKS chunks' worth of
@@ -531,7 +531,7 @@ def score_topk_in_chunks(
         budget = STORED_PREFIX_CHUNKS * chunk * max(len(p) for p in prompts)
         if plan is not None and len(plan.owners) * max(plan.shared) <= budget:
             prefixes = run_prefixes(model, prompts, plan, pad_id, chunk)
-    order = prefix_order(prompts) if share_prefix else by_prompt(prompts)
+    order = prefix_order(prompts, plan) if share_prefix else by_prompt(prompts)
     for start in range(0, len(prompts), chunk):
         rows = order[start : start + chunk]
         if prefixes is not None:
