@@ -12,14 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from sdar_bench.envs import make_env
-from sdar_bench.policy import scoring
+from sdar_bench.policy import last_layer, scoring
 from sdar_bench.policy.backend import TransformersBackend
-from sdar_bench.policy.scoring import (
-    plan_prefixes,
-    prefix_order,
-    score_responses,
-    score_topk_in_chunks,
-)
+from sdar_bench.policy.prefixes import like_widths, plan_prefixes, prefix_order
+from sdar_bench.policy.scoring import score_responses, score_topk_in_chunks
 from sdar_bench.rollout import collect
 from sdar_bench.skills import SkillRetriever
 from sdar_bench.trainer import build_batch
@@ -71,8 +67,18 @@ def test_plan_shares_the_longest_prefix_per_run_and_keeps_a_token_to_score() -> 
     # Sharing 79 tokens among the copies saves more than 40 among all six rows: two runs.
     assert sorted(plan.shared) == [40, 79]
     assert plan.saved_tokens() == 2 * 79 + 2 * 40
-    assert sorted(prefix_order(prompts)) == list(range(6))
+    assert sorted(prefix_order(prompts, plan)) == list(range(6))
     assert plan_prefixes([[5], [5, 6]]) is None  # a one-token prompt has nothing to share
+
+
+def test_chunks_of_like_widths_close_before_padding_a_quarter() -> None:
+    widths = [1, 1, 2, 2, 10, 10, 10, 11, 40]
+    order = list(range(len(widths)))  # already sorted by width
+    # [1, 1, 2] would pad 2 of 6 positions (over a quarter): closes at [1, 1]; [10, 10, 10, 11]
+    # pads 3 of 44 (kept); adding 40 would pad 119 of 200
+    assert like_widths(order, widths, chunk=8) == [[0, 1], [2, 3], [4, 5, 6, 7], [8]]
+    assert like_widths(order, widths, chunk=3) == [[0, 1], [2, 3], [4, 5, 6], [7], [8]]
+    assert like_widths([], [], chunk=4) == []
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -121,22 +127,37 @@ def test_static_cache_generation_samples_the_same_tokens(tiny_policy, teacher_ba
     assert static.generate(prompts, 12, 0.0, 0) == default.generate(prompts, 12, 0.0, 0)
 
 
-def test_last_mlp_on_keeps_the_scored_positions_and_restores_the_model(tiny_policy) -> None:
-    """Skipping the last MLP on unscored positions changes no kept logit, and only there."""
+def test_last_layer_on_keeps_the_scored_positions_and_restores_the_model(tiny_policy) -> None:
+    """Skipping the last layer's attention and MLP on unscored positions changes no kept logit,
+    and only there; the model is back on "sdpa" with its own MLP afterwards."""
     model = tiny_policy.model
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])  # [1, 8]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [0, 0, 7, 8, 9, 10, 11, 13]])  # [2, 8]
+    attention = torch.tensor([[1] * 8, [0, 0] + [1] * 6])  # the second row left-padded
     mlp = model.get_decoder().layers[-1].mlp
-    with torch.no_grad():
-        plain = model(input_ids=ids).logits  # [1, 8, V]
-        with scoring.last_mlp_on(model, 3):
-            assert "forward" in mlp.__dict__  # the skip is in place for the pass
-            skipped = model(input_ids=ids).logits
-    assert "forward" not in mlp.__dict__  # and gone after it
-    assert (skipped[:, -3:] - plain[:, -3:]).abs().max().item() <= 1e-6
-    # the earlier positions did skip the MLP: their hidden states, hence logits, differ
-    assert (skipped[:, :5] - plain[:, :5]).abs().max().item() > 1e-3
-    with scoring.last_mlp_on(model, 3):  # with gradients on, nothing is skipped
+    assert model.config._attn_implementation == "sdpa"
+    for mask in (None, attention):  # plain causal (is_causal) and a padding mask
+        rows = slice(0, 1) if mask is None else slice(0, 2)
+        with torch.no_grad():
+            plain = model(input_ids=ids[rows], attention_mask=mask).logits  # [b, 8, V]
+            with scoring.last_layer_on(model, 3):
+                assert "forward" in mlp.__dict__  # the MLP skip is in place for the pass
+                assert model.config._attn_implementation == last_layer.SCORING_ATTENTION
+                skipped = model(input_ids=ids[rows], attention_mask=mask).logits
+        assert "forward" not in mlp.__dict__  # and gone after it
+        assert model.config._attn_implementation == "sdpa"
+        assert (skipped[:, -3:] - plain[:, -3:]).abs().max().item() <= 1e-6
+        # the earlier positions did skip the last layer: their hidden states, hence logits, differ
+        assert (skipped[:, :5] - plain[:, :5]).abs().max().item() > 1e-3
+    # the attention alone: with the MLP skip undone, unscored positions still differ
+    with torch.no_grad(), scoring.last_layer_on(model, 3):
+        del mlp.forward
+        attention_only = model(input_ids=ids[:1]).logits
+        mlp.forward = mlp.__class__.forward.__get__(mlp)  # something for the exit to remove
+    assert (attention_only[:, -3:] - plain[:1, -3:]).abs().max().item() <= 1e-6
+    assert (attention_only[:, :5] - plain[:1, :5]).abs().max().item() > 1e-3
+    with scoring.last_layer_on(model, 3):  # with gradients on, nothing is skipped
         assert "forward" not in mlp.__dict__
+        assert model.config._attn_implementation == "sdpa"
 
 
 def test_stored_prefixes_and_per_chunk_prefixes_give_the_same_scores(

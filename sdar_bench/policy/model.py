@@ -69,6 +69,13 @@ class AdapterFreeView(torch.nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return bool(getattr(self._peft, "is_gradient_checkpointing", False))
 
+    def get_decoder(self) -> Any:
+        """The decoder (its layers), for scoring passes that skip the last layer's work."""
+        return self._peft.get_decoder()
+
+    def set_attn_implementation(self, name: str) -> None:
+        self._peft.set_attn_implementation(name)
+
     def forward(self, **kwargs: Any) -> Any:
         with self._peft.disable_adapter():
             return self._peft(**kwargs)

@@ -4,22 +4,32 @@ Layout: prompts left-padded to a common length P, responses right-padded to R, s
 response token sits in the same column for every row — and for the teacher, whose prompts are
 longer, the response columns line up with the student's. Logits are computed only for the
 R positions that predict response tokens (``logits_to_keep``), which matters for large vocabularies.
-Prompts that share a prefix (the teacher's skill block, the G copies of a task's first turn) can
-have it run once for the whole batch (``share_prefix``, see ``plan_prefixes`` and ``PrefixCache``),
-and a no-grad pass skips the last layer's MLP where no logit is read (``last_mlp_on``).
+Prompts that share prefixes (the teacher's skill block, a task's text, agreeing history, the G
+copies of a first turn) can have each run once for the whole batch (``share_prefix``, see
+``prefixes.py``), and a no-grad pass skips the last layer's MLP where no logit is read
+(``last_layer_on``).
 On request the same pass also keeps a token's top-k vocabulary entries (the teacher side of
 SDAR's full-vocabulary divergences) or gathers log-probs at given ids (the student side).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
+
+from sdar_bench.policy.last_layer import last_layer_on
+from sdar_bench.policy.prefixes import (
+    PrefixCache,
+    like_widths,
+    prefix_order,
+    run_prefixes,
+    run_with_cache,
+    worth_sharing,
+)
 
 
 def pack(
@@ -43,42 +53,6 @@ def pack(
 # Chunked scoring stores every shared prefix's KV for the whole batch when they hold no more
 # tokens than this many chunks of full-length rows (a chunk's own cache holds one chunk's worth).
 STORED_PREFIX_CHUNKS = 2
-
-
-@contextmanager
-def last_mlp_on(model: PreTrainedModel, keep: int) -> Iterator[None]:
-    """Within a no-grad pass whose logits are read at the last ``keep`` positions only, the last
-    decoder layer's MLP runs on those positions alone.
-
-    Elsewhere its output feeds nothing: the last layer's keys and values come from its attention,
-    before the MLP, and the final norm and LM head read only the kept positions. The MLP is most
-    of a layer's arithmetic and the prompt most of the positions, so a 4-layer model skips about
-    a fifth of a scoring pass. The skipped positions hold zeros instead of their MLP output, so
-    the same pass must not read their hidden states. With gradients on, or on a model without
-    the usual ``layers[-1].mlp``, nothing changes.
-    """
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    mlp = getattr(layers[-1], "mlp", None) if layers else None
-    if mlp is None or torch.is_grad_enabled() or keep < 1:
-        yield
-        return
-    own = mlp.__dict__.get("forward")
-    inner = mlp.forward
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:  # [B, T, H]
-        out = torch.zeros_like(hidden)
-        out[:, -keep:] = inner(hidden[:, -keep:])
-        return out
-
-    mlp.forward = forward
-    try:
-        yield
-    finally:
-        if own is None:
-            del mlp.forward
-        else:
-            mlp.forward = own
 
 
 def distinct_rows(prompts: Sequence[Sequence[int]]) -> tuple[list[int], torch.Tensor]:
@@ -111,7 +85,7 @@ def shared_prompt_cache(
     device = model.device
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    with last_mlp_on(model, 1):
+    with last_layer_on(model, 1):
         out = model(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -169,142 +143,6 @@ def _shared_prompt_logits(
     return logits, targets, mask
 
 
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
-    n = 0
-    for x, y in zip(a, b, strict=False):  # stops at the shorter one
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-@dataclass(frozen=True)
-class PrefixPlan:
-    """Which prefix each row shares: row ``i`` uses prefix ``inverse[i]``, which is
-    ``prompts[owners[u]][: shared[u]]`` and equals ``prompts[i][: shared[u]]``.
-
-    Every prefix is shorter than each prompt using it, so each row keeps at least its last
-    prompt token for the second pass: that position's logits predict response token 0.
-    """
-
-    owners: list[int]
-    inverse: torch.Tensor  # [B] long
-    shared: list[int]  # [U] prefix lengths, 1 ≤ shared[u] < len(prompt) of its rows
-
-    def saved_tokens(self) -> int:
-        """Prompt tokens not recomputed: each prefix runs once instead of once per row."""
-        counts = torch.bincount(self.inverse, minlength=len(self.owners)).tolist()
-        return sum((n - 1) * length for n, length in zip(counts, self.shared, strict=True))
-
-
-def plan_prefixes(prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
-    """Group rows into runs that share a prompt prefix; None when nothing can be shared.
-
-    Rows are sorted by their ids, so prompts with long common prefixes are neighbours; a run
-    grows while adding the next row does not lower the tokens the run saves, ``(n - 1) × L``
-    for n rows sharing L tokens. On the teacher's prompts (skill block + task text + history)
-    this finds one run per task sharing the skill block and the task's fixed text, and a run
-    of its own for copies of one prompt (the G first turns), which share all but the last token.
-    """
-    if not prompts or min(len(p) for p in prompts) < 2:
-        return None  # a one-token prompt has nothing to share but the token that scores
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    owners: list[int] = []
-    shared: list[int] = []
-    inverse = [0] * len(prompts)
-    size = 0
-    for pos, row in enumerate(order):
-        prompt = prompts[row]
-        if owners:
-            prev = prompts[order[pos - 1]]
-            length = min(shared[-1], _common_length(prev, prompt), len(prompt) - 1)
-            if length >= 1 and size * length >= (size - 1) * shared[-1]:
-                shared[-1] = length
-                inverse[row] = len(owners) - 1
-                size += 1
-                continue
-        owners.append(row)
-        shared.append(len(prompt) - 1)
-        inverse[row] = len(owners) - 1
-        size = 1
-    return PrefixPlan(owners, torch.tensor(inverse, dtype=torch.long), shared)
-
-
-def prefix_order(prompts: Sequence[Sequence[int]], plan: PrefixPlan | None = None) -> list[int]:
-    """All rows ordered for chunked scoring with shared prefixes: by the length of what is left
-    after the row's shared prefix (the width of the second pass, so chunks pad little), then by
-    that prefix (so a chunk holds few distinct prefixes). ``plan``: the prompts' plan, if made."""
-    plan = plan or plan_prefixes(prompts)
-    if plan is None:
-        return by_prompt(prompts)
-    inverse = plan.inverse.tolist()
-    return sorted(
-        range(len(prompts)),
-        key=lambda i: (len(prompts[i]) - plan.shared[inverse[i]], inverse[i], prompts[i]),
-    )
-
-
-@dataclass(frozen=True)
-class PrefixCache:
-    """The KV cache of every prefix of a ``PrefixPlan``, each run once for the whole batch.
-
-    Prefixes are left-padded to ``Lp`` = the longest, so the last ``n`` columns hold every
-    prefix of length ≤ n: a chunk whose rows use short prefixes attends to fewer columns.
-    Memory: U·Lp tokens of KV, where a chunk's own cache holds rows·(Lp + rest) anyway.
-    """
-
-    plan: PrefixPlan
-    keys: list[torch.Tensor]  # per layer [U, kv heads, Lp, head dim]
-    values: list[torch.Tensor]  # per layer [U, kv heads, Lp, head dim]
-    attention: torch.Tensor  # [U, Lp] long, 1 on real tokens
-
-    def for_rows(self, rows: Sequence[int]) -> tuple[DynamicCache, torch.Tensor]:
-        """A fresh cache holding row ``rows[i]``'s prefix in row i, cut to the longest of them,
-        and its attention mask [B, Lc]."""
-        inverse = self.plan.inverse[list(rows)]  # [B]
-        width = max(self.plan.shared[u] for u in inverse.tolist())
-        cache = DynamicCache()
-        device = self.keys[0].device
-        pick = inverse.to(device)
-        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            cache.update(k[pick, :, -width:], v[pick, :, -width:], layer)
-        return cache, self.attention[inverse, -width:]
-
-
-def run_prefixes(
-    model: PreTrainedModel,
-    prompts: Sequence[Sequence[int]],
-    plan: PrefixPlan,
-    pad_id: int,
-    chunk: int,
-) -> PrefixCache | None:
-    """Run each prefix of ``plan`` once, ``chunk`` prefixes at a time; None where the model
-    kept no cache (gradient checkpointing in training mode)."""
-    U, Lp = len(plan.owners), max(plan.shared)
-    ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # [U, Lp]
-    attention = torch.zeros((U, Lp), dtype=torch.long)  # [U, Lp]
-    for u, (row, length) in enumerate(zip(plan.owners, plan.shared, strict=True)):
-        ids[u, Lp - length :] = torch.tensor(prompts[row][:length], dtype=torch.long)
-        attention[u, Lp - length :] = 1
-    keys: list[list[torch.Tensor]] = []
-    values: list[list[torch.Tensor]] = []
-    for start in range(0, U, chunk):
-        part = slice(start, start + chunk)
-        cached = shared_prompt_cache(model, ids[part], attention[part], None)
-        if cached is None:
-            return None
-        layers = cached[0].layers
-        keys.append([layer.keys for layer in layers])
-        values.append([layer.values for layer in layers])
-    return PrefixCache(
-        plan,
-        [torch.cat(parts) for parts in zip(*keys, strict=True)],
-        [torch.cat(parts) for parts in zip(*values, strict=True)],
-        attention,
-    )
-
-
 def _rest_logits(
     model: PreTrainedModel,
     prefixes: PrefixCache,
@@ -335,28 +173,10 @@ def _rest_logits(
         ids[b, Ls : Ls + len(r)] = torch.tensor(r, dtype=torch.long)
         att[b, Ls - len(rest) : Ls + len(r)] = 1
         mask[b, : len(r)] = 1.0
-    full = torch.cat([prefix_att, att], dim=1)  # [B, Lc+Ls+R]
-    positions = (full.cumsum(-1) - 1).clamp(min=0)[:, prefix_att.shape[1] :]  # [B, Ls+R]
-    device = model.device
-    with last_mlp_on(model, R + 1):
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=full.to(device),
-            position_ids=positions.to(device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=R + 1,
-        )
+    out = run_with_cache(model, cache, prefix_att, ids, att, keep=R + 1)
+    assert out is not None  # the prefixes were cached, so the model keeps a cache
     # Position Ls-1 (the prompt's last token) predicts response token 0; Ls-1+t predicts t.
     return out.logits[:, :-1], ids[:, -R:], mask
-
-
-def _worth_sharing(prompts: Sequence[Sequence[int]]) -> PrefixPlan | None:
-    """The prefix plan of ``prompts`` if it skips at least a tenth of their tokens."""
-    plan = plan_prefixes(prompts)
-    if plan is None or 10 * plan.saved_tokens() < sum(len(p) for p in prompts):
-        return None
-    return plan
 
 
 @dataclass(frozen=True)
@@ -402,7 +222,7 @@ def score_responses(
     """
     shared = None
     if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
-        plan = _worth_sharing(prompts)
+        plan = worth_sharing(prompts)
         prefixes = run_prefixes(model, prompts, plan, pad_id, len(prompts)) if plan else None
         if prefixes is not None:
             shared = _rest_logits(model, prefixes, range(len(prompts)), prompts, responses, pad_id)
@@ -414,7 +234,7 @@ def score_responses(
         input_ids, attention, mask = pack(prompts, responses, pad_id)
         R = mask.shape[1]
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding shifts positions
-        with last_mlp_on(model, R + 1):
+        with last_layer_on(model, R + 1):
             out = model(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention.to(model.device),
@@ -511,10 +331,10 @@ def score_topk_in_chunks(
     Memory of the top-k: B·R·K·12 bytes on the CPU (8 for the id, 4 for the log-prob); 0 on
     padding.
 
-    ``share_prefix``: each shared prefix (the teacher's skill block) runs once for the whole
-    batch and chunks follow ``prefix_order`` (little padding in the rest of the prompts); where
-    storing every prefix's KV would take more than ``STORED_PREFIX_CHUNKS`` chunks' worth, each
-    chunk runs its own prefixes.
+    ``share_prefix``: each shared prefix (the teacher's skill block and task text) runs once
+    for the whole batch, and chunks are runs of like rest lengths in ``prefix_order`` (little
+    padding in the rest of the prompts); where storing every prefix's KV would take more than
+    ``STORED_PREFIX_CHUNKS`` chunks' worth, each chunk runs its own prefixes.
     """
     R = max(max((len(r) for r in responses), default=0), 1)
     logp_out = torch.zeros(len(prompts), R)
@@ -525,15 +345,19 @@ def score_topk_in_chunks(
         topk_out = torch.zeros(len(prompts), R, k)
     prefixes = plan = None
     if share_prefix and not getattr(model, "is_gradient_checkpointing", False):
-        plan = _worth_sharing(prompts)
+        plan = worth_sharing(prompts)
         # Stored prefixes hold U·Lp tokens of KV; past STORED_PREFIX_CHUNKS chunks' worth of
         # tokens, each chunk runs its own prefixes instead.
         budget = STORED_PREFIX_CHUNKS * chunk * max(len(p) for p in prompts)
         if plan is not None and len(plan.owners) * max(plan.shared) <= budget:
             prefixes = run_prefixes(model, prompts, plan, pad_id, chunk)
-    order = prefix_order(prompts, plan) if share_prefix else by_prompt(prompts)
-    for start in range(0, len(prompts), chunk):
-        rows = order[start : start + chunk]
+    if plan is not None:  # runs of like rest lengths, in prefix_order (sorted by them)
+        rests = [len(p) - plan.shared[int(u)] for p, u in zip(prompts, plan.inverse, strict=True)]
+        chunks = like_widths(prefix_order(prompts, plan), rests, chunk)
+    else:
+        order = by_prompt(prompts)
+        chunks = [order[start : start + chunk] for start in range(0, len(prompts), chunk)]
+    for rows in chunks:
         if prefixes is not None:
             logits, targets, mask = _rest_logits(model, prefixes, rows, prompts, responses, pad_id)
             s = _scores(logits, targets, mask, temperature, topk=topk)
