@@ -160,6 +160,21 @@ def test_last_layer_on_keeps_the_scored_positions_and_restores_the_model(tiny_po
         assert model.config._attn_implementation == "sdpa"
 
 
+def test_scoring_attention_copies_kv_per_head_like_enable_gqa(
+    tiny_policy, teacher_batch, monkeypatch
+) -> None:
+    """Off the CPU the scoring attention copies keys and values per query head instead of
+    passing enable_gqa; forced here on the CPU, the two give the same teacher scores."""
+    model, pad = tiny_policy.model, tiny_policy.pad_id
+    assert model.config.num_attention_heads != model.config.num_key_value_heads  # GQA model
+    prompts, responses = teacher_batch.teacher_ids, teacher_batch.response_ids
+    gqa = score_topk_in_chunks(model, prompts, responses, pad, 4, chunk=5, share_prefix=True)
+    monkeypatch.setattr(last_layer, "_copies_kv", lambda device: True)
+    copied = score_topk_in_chunks(model, prompts, responses, pad, 4, chunk=5, share_prefix=True)
+    assert (gqa[0] - copied[0]).abs().max().item() <= 1e-6  # logp [N, R]
+    assert (gqa[2] - copied[2]).abs().max().item() <= 1e-6  # top-k logp [N, R, K]
+
+
 def test_stored_prefixes_and_per_chunk_prefixes_give_the_same_scores(
     tiny_policy, teacher_batch, monkeypatch
 ) -> None:

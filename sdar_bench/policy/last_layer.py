@@ -36,6 +36,13 @@ _KEEP: ContextVar[int | None] = ContextVar("keep", default=None)
 _OTHER_MATHS = ("s_aux", "position_bias", "softcap")
 
 
+def _copies_kv(device: torch.device) -> bool:
+    """Whether to copy keys and values per query head rather than pass ``enable_gqa``: off the
+    CPU, where CUDA's memory-efficient kernel takes a mask but not ``enable_gqa`` (the slower
+    math kernel would run instead), as transformers' "sdpa" does."""
+    return device.type != "cpu"
+
+
 def _scoring_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,  # [B, H, T, d]
@@ -62,9 +69,7 @@ def _scoring_sdpa(
         mask = mask[:, :, T - rows :]  # [B, 1, rows, S]
     causal = mask is None and T > 1 and getattr(module, "is_causal", True)
     groups = query.shape[1] // key.shape[1]
-    if groups > 1 and query.device.type != "cpu":
-        # CUDA's memory-efficient kernel takes a mask but not enable_gqa (the math kernel would
-        # run instead): copy the keys and values per query head, as transformers does
+    if groups > 1 and _copies_kv(query.device):
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     out = F.scaled_dot_product_attention(
         query[:, :, T - rows :],
