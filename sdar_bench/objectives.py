@@ -256,22 +256,42 @@ def gap_metrics(
 ) -> dict[str, float]:
     """Diagnostics of the gap Δ [B, T] and the gate g [B, T] over response tokens (SPEC §4).
 
-    ``gap/std`` is the population std over the mini-batch's response tokens. With ``gate`` None
-    (a method without a gate) only the ``gap/*`` entries are returned.
+    ``gap/std`` is the population std over the batch's response tokens; ``gap/abs_mean`` the
+    mean |Δ| (how far the teacher is from the student at all); ``gap/q10|q50|q90`` and
+    ``gate/q10|q50|q90`` quantiles over the response tokens (linear interpolation). The trainer
+    averages a step's micro-batches by their token shares, so a step's quantile is that average
+    of its micro-batches' quantiles. With ``gate`` None (a method without a gate) only the
+    ``gap/*`` entries are returned.
     """
     with torch.no_grad():
         delta = delta.detach()
         mean = agg(delta, mask)
+        tokens = mask.bool()  # [B, T]
         out = {
             "gap/mean": mean.item(),
             "gap/std": agg((delta - mean) ** 2, mask).sqrt().item(),
+            "gap/abs_mean": agg(delta.abs(), mask).item(),
             "gap/positive_ratio": agg((delta > 0).float(), mask).item(),
+            **_quantiles("gap", delta[tokens]),
         }
         if gate is not None:
             gate = gate.detach().expand_as(delta)  # [B, T]; a constant gate broadcasts
             out["gate/mean"] = agg(gate, mask).item()
             out["gate/active_ratio"] = agg((gate > 0.5).float(), mask).item()
+            out |= _quantiles("gate", gate[tokens])
     return out
+
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _quantiles(name: str, values: torch.Tensor) -> dict[str, float]:
+    """``{name}/q10`` … of ``values`` [n]; nothing when there are none (an empty batch)."""
+    if values.numel() == 0:
+        return {}
+    levels = torch.tensor(QUANTILES, dtype=values.dtype, device=values.device)
+    qs = torch.quantile(values.float(), levels.float()).tolist()
+    return {f"{name}/q{round(level * 100)}": q for level, q in zip(QUANTILES, qs, strict=True)}
 
 
 def normalised_entropy(view: TokenView) -> torch.Tensor:

@@ -154,6 +154,13 @@ def test_sdar_gate_values() -> None:
     assert m["gate/active_ratio"] == approx(1 / 3)
     assert m["gap/mean"] == approx((0.2 - 0.2 - 1.0) / 3)
     assert m["gap/positive_ratio"] == approx(1 / 3)
+    assert m["gap/abs_mean"] == approx((0.2 + 0.2 + 1.0) / 3)
+    # quantiles over the 3 tokens (fp32), linear interpolation: sorted Δ = (-1.0, -0.2, 0.2)
+    assert m["gap/q10"] == pytest.approx(-1.0 + 0.2 * 0.8, abs=1e-6)  # position 0.1 × 2 = 0.2
+    assert m["gap/q50"] == pytest.approx(-0.2, abs=1e-6)
+    assert m["gap/q90"] == pytest.approx(-0.2 + 0.8 * 0.4, abs=1e-6)  # position 1.8
+    assert m["gate/q50"] == pytest.approx(g[1], abs=1e-6)  # the gate is monotone in Δ here
+    assert m["gate/q90"] == pytest.approx(g[1] + 0.8 * (g[0] - g[1]), abs=1e-6)
     mean = -1 / 3
     assert m["gap/std"] == approx(
         math.sqrt(((0.2 - mean) ** 2 + (-0.2 - mean) ** 2 + (-1 - mean) ** 2) / 3)

@@ -53,7 +53,10 @@ def test_every_model_and_env_gets_validation_and_stability_png_and_pdf(
 def test_stability_panels_skip_metrics_no_run_logged() -> None:
     steps, turns = load_training_curves(FIXTURE)
     alfworld = (steps["env"] == "alfworld") & (steps["model"] == "Qwen/Qwen2.5-3B-Instruct")
-    all_panels = [name for name, _ in STABILITY_METRICS] + [GAP_BY_TURN]
+    # The fixture's runs predate |Δ| and the percentiles: no run logged them, so no panel.
+    later = {"gap/abs_mean", "gap/q10", "gap/q90", "gate/q10", "gate/q90"}
+    assert later <= {name for name, _ in STABILITY_METRICS}
+    all_panels = [name for name, _ in STABILITY_METRICS if name not in later] + [GAP_BY_TURN]
     assert stability_panels(steps[alfworld], turns[turns["env"] == "alfworld"]) == all_panels
     # The WebShop SDAR runs of the fixture log no gap/by_turn: seven panels, no per-turn one.
     webshop = steps["env"] == "webshop"
@@ -134,6 +137,7 @@ def test_gate_panels_are_drawn_on_the_unit_interval() -> None:
                 "step": s,
                 "gate/mean": 0.5 + 0.001 * (s % 3),
                 "gate/active_ratio": 0.5,
+                "gate/q90": 0.5 + 0.002 * (s % 2),
                 "entropy/mean": 1.0,
             }
             for s in range(1, 9)
@@ -143,4 +147,5 @@ def test_gate_panels_are_drawn_on_the_unit_interval() -> None:
     limits = {ax.get_title(): ax.get_ylim() for ax in fig.axes}
     titles = dict(STABILITY_METRICS)
     assert limits[titles["gate/mean"]] == limits[titles["gate/active_ratio"]] == (-0.02, 1.02)
+    assert limits[titles["gate/q90"]] == (-0.02, 1.02)
     assert limits[titles["entropy/mean"]] != (-0.02, 1.02)

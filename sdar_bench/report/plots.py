@@ -8,8 +8,8 @@ min–max band shows the actual spread, where a ± std band would pretend to a d
   (ALFWorld All, Search-QA Avg, WebShop Acc), from each run's ``eval.jsonl``;
 * ``stability_<env>_<model>``: the training diagnostics of SPEC §4 vs step from
   ``metrics.jsonl`` (entropy, gradient norm, reward std within groups, KL to the reference,
-  teacher–student gap, gate mean, gate active ratio; a panel whose metric no run logged is
-  left out) and the mean gap per turn index (``gap/by_turn`` averaged over a run's steps).
+  teacher–student gap (mean, |Δ|, 10th and 90th percentiles), gate (mean, active ratio,
+  percentiles; on a fixed [0, 1] axis); a panel whose metric no run logged is left out) and the mean gap per turn index (``gap/by_turn`` averaged over a run's steps).
 
 The validation figure draws the runs of the table (failed runs left out); the stability figure
 also draws failed runs up to where they stopped, since that is where their cause shows.
@@ -50,11 +50,17 @@ STABILITY_METRICS: list[tuple[str, str]] = [
     ("reward/std_in_group", "reward std within groups"),
     ("loss/kl", "KL to reference (k3)"),
     ("gap/mean", "teacher–student gap Δ (mean)"),
+    ("gap/abs_mean", "|Δ| (mean): how far the teacher is"),
+    ("gap/q10", "Δ, 10th percentile of tokens"),
+    ("gap/q90", "Δ, 90th percentile of tokens"),
     ("gate/mean", "gate mean"),
     ("gate/active_ratio", "gate active ratio (g > 0.5)"),
+    ("gate/q10", "gate, 10th percentile of tokens"),
+    ("gate/q90", "gate, 90th percentile of tokens"),
 ]
 GAP_BY_TURN = "gap/by_turn"
-UNIT_RANGE = ("gate/mean", "gate/active_ratio")  # shares in [0, 1]: drawn on that scale, not zoomed
+# shares and gates in [0, 1]: drawn on that scale, not zoomed (a gate stuck at 0.5 must look so)
+UNIT_RANGE = ("gate/mean", "gate/active_ratio", "gate/q10", "gate/q90")
 PANELS_PER_ROW = 4
 FORMATS = ("png", "pdf")
 
