@@ -25,6 +25,13 @@ def quickstart_spec(method: str = "grpo") -> RunSpec:
     return spec
 
 
+def method_cost_spec(method: str = "grpo") -> RunSpec:
+    """The quickstart's run spec without the per-term gradient norms: those are a measurement
+    (one backward pass per loss term, about a fifth of the update), not a method's own work."""
+    spec = quickstart_spec(method)
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"term_norms_every": 0})})
+
+
 def warm_policy(spec: RunSpec) -> Policy:
     """The quickstart's warm-started policy (trained once if neither shipped nor cached)."""
     policy = load_policy(

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from _common import quickstart_spec, warm_policy
+from _common import method_cost_spec, warm_policy
 
 import sdar_bench.trainer as trainer
 from sdar_bench.trainer import setup, train_step
@@ -99,7 +99,7 @@ class TeacherTimer:
 
 def record(steps: int) -> tuple[list[Any], list[float]]:
     """GRPO's rollouts of ``steps`` steps from the warm start, and each step's rollout time."""
-    spec = quickstart_spec("grpo")
+    spec = method_cost_spec("grpo")
     torch.manual_seed(0)
     state = setup(spec, warm_policy(spec))
     recorder = RecordingBackend(state.backend)
@@ -110,7 +110,7 @@ def record(steps: int) -> tuple[list[Any], list[float]]:
 
 def replay(method: str, calls: list[Any], steps: int, timer: TeacherTimer) -> dict[str, float]:
     """Seconds of each phase summed over ``steps`` replayed steps."""
-    spec = quickstart_spec("sdar" if method == "sdar-plain" else method)
+    spec = method_cost_spec("sdar" if method == "sdar-plain" else method)
     torch.manual_seed(0)
     state = setup(spec, warm_policy(spec))
     state.backend = ReplayBackend(calls)

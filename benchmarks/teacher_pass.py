@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import quickstart_spec, warm_policy
+from _common import method_cost_spec, warm_policy
 
 import sdar_bench.trainer as trainer
 from sdar_bench.policy import load_policy
@@ -41,7 +41,7 @@ from sdar_bench.trainer import setup, train_step
 
 def record(steps: int) -> list[Any]:
     """The batches (student prompts, teacher prompts, responses) of ``steps`` SDAR steps."""
-    spec = quickstart_spec("sdar")
+    spec = method_cost_spec("sdar")
     torch.manual_seed(0)
     state = setup(spec, warm_policy(spec))
     batches: list[Any] = []
@@ -70,7 +70,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    spec = quickstart_spec("sdar")
+    spec = method_cost_spec("sdar")
     chunk = spec.train.micro_batch_size
     batches = record(args.steps)
     policy = warm_policy(spec)

@@ -49,7 +49,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from sdar_bench.objectives import GIGPO_GAMMA, GIGPO_OMEGA, gigpo_advantages, grpo_objective
+from sdar_bench.objectives import GIGPO_GAMMA, GIGPO_OMEGA, gigpo_advantages, grpo_terms
 from sdar_bench.registry import Method, MethodParams, SampleInfo
 from sdar_bench.token_view import TokenView
 
@@ -95,7 +95,7 @@ class GiGPO(Method):
         )  # [N]
         return adv.to(view.mask.dtype)[:, None] * view.mask  # [B, T]
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = grpo_objective(view, self.params)  # view.advantages are GiGPO's
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        terms, metrics = grpo_terms(view, self.params)  # view.advantages are GiGPO's
         metrics["loss/aux"] = 0.0
-        return loss, {**metrics, **self._metrics}
+        return terms, {**metrics, **self._metrics}

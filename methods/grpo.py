@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sdar_bench.objectives import grpo_objective
+from sdar_bench.objectives import grpo_terms
 from sdar_bench.registry import Method, MethodParams
 from sdar_bench.token_view import TokenView
 
@@ -32,7 +32,7 @@ class GRPO(Method):
     student_sees_skills = False
     eval_skill_modes = (False,)
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = grpo_objective(view, self.params)
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        terms, metrics = grpo_terms(view, self.params)
         metrics["loss/aux"] = 0.0  # no auxiliary term; logged so every method has the column
-        return loss, metrics
+        return terms, metrics

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
+from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_terms, teacher_gap
 from sdar_bench.registry import Method
 from sdar_bench.token_view import TokenView, agg
 
@@ -38,10 +38,10 @@ class GRPOOPSD(Method):
     student_sees_skills = False
     eval_skill_modes = (False,)
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         p = self.params
         assert view.logp is not None and view.teacher_logp is not None
-        grpo, metrics = grpo_objective(view, p)
+        grpo, metrics = grpo_terms(view, p)
         delta = teacher_gap(view)  # [B, T], no grad
 
         if p.form == "uniform":
@@ -53,4 +53,4 @@ class GRPOOPSD(Method):
             metrics |= gap_metrics(delta, None, view.mask)
 
         metrics["loss/aux"] = aux.item()
-        return grpo + p.coef * aux, metrics
+        return grpo | {"aux": p.coef * aux}, metrics

@@ -17,7 +17,7 @@ from sdar_bench.objectives import (
     TeacherParams,
     approx_kl,
     gap_metrics,
-    kl_entropy_terms,
+    regulariser_terms,
     teacher_gap,
 )
 from sdar_bench.registry import Method
@@ -41,15 +41,15 @@ class OPSD(Method):
     student_sees_skills = False
     eval_skill_modes = (False,)
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         p = self.params
         assert view.logp is not None and view.teacher_logp is not None
         delta = teacher_gap(view)  # [B, T], no grad
         gate = torch.sigmoid(p.beta * delta)  # [B, T], no grad (Δ is detached)
         aux = agg(gate * (view.teacher_logp - view.logp), view.mask)
-        reg, metrics = kl_entropy_terms(view, p)
+        reg, metrics = regulariser_terms(view, p)
 
         metrics |= {"loss/pg": 0.0, "loss/aux": aux.item(), **gap_metrics(delta, gate, view.mask)}
         if view.old_logp is not None:
             metrics["ppo/approx_kl"] = approx_kl(view.logp, view.old_logp, view.mask)
-        return p.coef * aux + reg, metrics
+        return {"aux": p.coef * aux, **reg}, metrics

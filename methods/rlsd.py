@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
+from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_terms, teacher_gap
 from sdar_bench.registry import Method
 from sdar_bench.token_view import TokenView, agg
 
@@ -63,11 +63,11 @@ class RLSD(Method):
         self._w, self._factor_mean = w, agg(factor, view.mask).item()
         return adv * factor  # [B, T]
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = grpo_objective(view, self.params)  # view.advantages already reshaped
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        terms, metrics = grpo_terms(view, self.params)  # view.advantages already reshaped
         metrics["loss/aux"] = 0.0
         if view.teacher_logp is not None:
             metrics |= gap_metrics(teacher_gap(view), None, view.mask)
         if self._factor_mean is not None:
             metrics |= {"rlsd/weight": self._factor_mean, "rlsd/w": float(self._w or 0.0)}
-        return loss, metrics
+        return terms, metrics

@@ -48,7 +48,7 @@ from sdar_bench.objectives import (
     TeacherParams,
     gap_metrics,
     gigpo_advantages,
-    grpo_objective,
+    grpo_terms,
     kl_from_logp,
     mixture_logp,
     normalised_entropy,
@@ -141,10 +141,10 @@ class SDAR(Method):
         log_m = mixture_logp(log_t, log_s)  # [B, T, K] log M, M = ½(p_T + p_S)
         return 0.5 * kl_from_logp(log_t, log_m) + 0.5 * kl_from_logp(log_s, log_m)  # jsd_full
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         p = self.params
         assert view.logp is not None and view.teacher_logp is not None
-        grpo, metrics = grpo_objective(view, p)
+        grpo, metrics = grpo_terms(view, p)
 
         delta = teacher_gap(view)  # [B, T]
         g = self.gate(view, delta).detach()  # [B, T]
@@ -156,4 +156,4 @@ class SDAR(Method):
             metrics["divergence/mean"] = agg(d.detach(), view.mask).item()
 
         metrics |= {"loss/aux": aux.item(), **gap_metrics(delta, g, view.mask)}
-        return grpo + p.coef * aux, metrics
+        return grpo | {"aux": p.coef * aux}, metrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sdar_bench.objectives import SkillParams, grpo_objective
+from sdar_bench.objectives import SkillParams, grpo_terms
 from sdar_bench.registry import Method
 from sdar_bench.token_view import TokenView
 
@@ -30,7 +30,7 @@ class SkillGRPO(Method):
     student_sees_skills = True
     eval_skill_modes = (False, True)
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = grpo_objective(view, self.params)
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        terms, metrics = grpo_terms(view, self.params)
         metrics["loss/aux"] = 0.0
-        return loss, metrics
+        return terms, metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_objective, teacher_gap
+from sdar_bench.objectives import TeacherParams, gap_metrics, grpo_terms, teacher_gap
 from sdar_bench.registry import Method
 from sdar_bench.token_view import TokenView, agg
 
@@ -39,11 +39,11 @@ class SkillSD(Method):
     student_sees_skills = False
     eval_skill_modes = (False,)
 
-    def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         p = self.params
         assert view.logp is not None and view.old_logp is not None
         assert view.teacher_logp is not None
-        grpo, metrics = grpo_objective(view, p)
+        grpo, metrics = grpo_terms(view, p)
 
         ell = view.logp - view.teacher_logp  # [B, T], with grad
         rho = torch.exp(torch.clamp(view.logp - view.old_logp, max=RHO_LOG_CLAMP))  # [B, T], grad
@@ -51,4 +51,4 @@ class SkillSD(Method):
         aux = agg(rho * k3, view.mask)
 
         metrics |= {"loss/aux": aux.item(), **gap_metrics(teacher_gap(view), None, view.mask)}
-        return grpo + p.coef * aux, metrics
+        return grpo | {"aux": p.coef * aux}, metrics

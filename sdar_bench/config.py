@@ -88,6 +88,11 @@ class TrainSpec(Strict):
     checkpoint_every: int = Field(10, ge=0)
     """Save weights, optimiser and RNG state every this many steps, so an interrupted run
     resumes there with the same numbers (0: never; the run restarts from step 0)."""
+    term_norms_every: int = Field(1, ge=0)
+    """Every this many steps, log the gradient norm of each loss term (``grad/pg``,
+    ``grad/kl``, ``grad/entropy``, ``grad/aux`` and their sum ``grad/terms``) on the step's
+    first micro-batch: what each term contributes to the update. One extra backward pass per
+    term over that micro-batch (0: never; not with ``fsdp``)."""
     max_nonfinite_in_a_row: int = Field(3, ge=1)
     """Steps in a row whose every update had a non-finite loss or gradient (and was skipped)
     after which the run stops as failed; the suite goes on with the next run."""
@@ -164,6 +169,8 @@ class RunSpec(Strict):
             # runs already on disk are still found (finished, or resumed from a checkpoint).
             for key in ("rollout", "vllm"):
                 del fields["policy"][key]
+        # A measurement, not a setting of the run: the same update to the last bit (tested)
+        del fields["train"]["term_norms_every"]
         tag = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         short = (
             ""

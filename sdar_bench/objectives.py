@@ -28,6 +28,7 @@ from sdar_bench.advantages import STD_EPS as STD_EPS
 from sdar_bench.advantages import group_advantages as group_advantages
 from sdar_bench.registry import MethodParams, SampleInfo
 from sdar_bench.token_view import TokenView, agg
+from sdar_bench.token_view import total as total
 
 KL_CLAMP = 10.0
 """The k3 KL estimate is clamped to [−KL_CLAMP, KL_CLAMP] (SPEC §2)."""
@@ -195,8 +196,11 @@ def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) ->
 # --------------------------------------------------------------------------- the GRPO objective
 
 
-def grpo_objective(view: TokenView, params: MethodParams) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L_GRPO = Agg(pg) + c_kl·Agg(kl) − c_ent·Agg(H)`` (SPEC §2) on the view's advantages.
+def grpo_terms(
+    view: TokenView, params: MethodParams
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """``L_GRPO = Agg(pg) + c_kl·Agg(kl) − c_ent·Agg(H)`` (SPEC §2) on the view's advantages,
+    as its weighted terms ``{"pg", "kl", "entropy"}`` (the loss is their sum).
 
     The KL term is 0 when ``view.ref_logp`` is None or ``c_kl == 0``; the entropy term is 0 when
     ``view.entropy`` is None. Metrics: ``loss/pg``, ``loss/kl``, ``entropy/mean``,
@@ -208,7 +212,7 @@ def grpo_objective(view: TokenView, params: MethodParams) -> tuple[torch.Tensor,
         view.logp, view.old_logp, view.advantages, params.clip_eps, params.dual_clip
     )  # [B, T], [B, T]
     pg_loss = agg(pg, m)
-    reg_loss, reg_metrics = kl_entropy_terms(view, params)
+    regularisers, reg_metrics = regulariser_terms(view, params)
 
     metrics = {
         "loss/pg": pg_loss.item(),
@@ -216,13 +220,14 @@ def grpo_objective(view: TokenView, params: MethodParams) -> tuple[torch.Tensor,
         "ppo/clipfrac": agg(clipped.float(), m).item(),
         "ppo/approx_kl": approx_kl(view.logp, view.old_logp, m),
     }
-    return pg_loss + reg_loss, metrics
+    return {"pg": pg_loss, **regularisers}, metrics
 
 
-def kl_entropy_terms(
+def regulariser_terms(
     view: TokenView, params: MethodParams
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The regularisers shared by every trained method: ``c_kl·Agg(kl) − c_ent·Agg(H)``.
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The regularisers shared by every trained method, weighted: ``{"kl": c_kl·Agg(kl),
+    "entropy": −c_ent·Agg(H)}``.
 
     The KL term is 0 when ``view.ref_logp`` is None or ``c_kl == 0``; the entropy term is 0 when
     ``view.entropy`` is None. Metrics: ``loss/kl`` (Agg(kl), unweighted) and ``entropy/mean``.
@@ -236,8 +241,40 @@ def kl_entropy_terms(
     if view.entropy is not None:
         ent_mean = agg(view.entropy, m)
     # The entropy enters as a bonus: higher entropy lowers the loss.
-    loss = params.c_kl * kl_loss - params.c_ent * ent_mean
-    return loss, {"loss/kl": kl_loss.item(), "entropy/mean": ent_mean.item()}
+    terms = {"kl": params.c_kl * kl_loss, "entropy": -params.c_ent * ent_mean}
+    return terms, {"loss/kl": kl_loss.item(), "entropy/mean": ent_mean.item()}
+
+
+def term_grad_norms(
+    terms: dict[str, torch.Tensor], params: Sequence[torch.Tensor]
+) -> dict[str, float]:
+    """``grad/<term>``: the L2 norm of each weighted loss term's gradient in ``params``, and
+    ``grad/terms`` that of their sum, all on the same rows: one backward pass per term that
+    depends on ``params`` (a zero KL does not: norm 0). The graph is kept for the update's own
+    backward pass, and nothing is accumulated in ``.grad``.
+
+    The norms do not add up (the gradients point different ways); a term's norm against
+    ``grad/terms`` is its weight in the update.
+    """
+    out: dict[str, float] = {}
+    summed: list[torch.Tensor | None] = [None] * len(params)
+    for name, term in terms.items():
+        if not term.requires_grad:
+            out[f"grad/{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(term, list(params), retain_graph=True, allow_unused=True)
+        out[f"grad/{name}"] = _norm(grads)
+        summed = [
+            s if g is None else (g if s is None else s + g)
+            for s, g in zip(summed, grads, strict=True)
+        ]
+    out["grad/terms"] = _norm(summed)
+    return out
+
+
+def _norm(grads: Sequence[torch.Tensor | None]) -> float:
+    """The L2 norm of a list of gradients (None: no gradient)."""
+    return math.sqrt(sum(g.detach().float().pow(2).sum().item() for g in grads if g is not None))
 
 
 # --------------------------------------------------------------------------- teacher gap / gates

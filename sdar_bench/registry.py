@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdar_bench.token_view import TokenView
+from sdar_bench.token_view import TokenView, total
 
 ENTRY_POINT_GROUP = "sdar_bench.methods"
 
@@ -74,7 +74,8 @@ class MethodParams(BaseModel):
 
 
 class Method:
-    """Base class of every method. Subclasses set the class attributes and override ``loss``."""
+    """Base class of every method. Subclasses set the class attributes and override
+    ``loss_terms`` (or ``loss``)."""
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
@@ -118,8 +119,22 @@ class Method:
         Only asked of methods with ``needs_teacher``; costs B·T·K·12 bytes of CPU memory."""
         return None
 
+    def loss_terms(self, view: TokenView) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The loss as its named, weighted terms, which sum to it (``"pg"``, ``"kl"``,
+        ``"entropy"``, ``"aux"``: what each contributes to the update is then measurable), and
+        the step's metrics. Training methods override this; a method that overrides ``loss``
+        alone has one term, ``"total"``."""
+        if type(self).loss is Method.loss:
+            raise NotImplementedError(f"method {self.name!r} does not train")
+        loss, metrics = self.loss(view)
+        return {"total": loss}, metrics
+
     def loss(self, view: TokenView) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError(f"method {self.name!r} does not train")
+        """The scalar loss (the sum of ``loss_terms``) and the metrics."""
+        if type(self).loss_terms is Method.loss_terms:
+            raise NotImplementedError(f"method {self.name!r} does not train")
+        terms, metrics = self.loss_terms(view)
+        return total(terms), metrics
 
     @classmethod
     def advantages_read_old_logp(cls) -> bool:

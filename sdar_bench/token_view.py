@@ -63,3 +63,12 @@ class TokenView:
 def agg(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token-mean over the whole mini-batch: Σ m·x / Σ m (SPEC §1, ``Agg``)."""
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A loss from its weighted terms (``Method.loss_terms``): their sum, in their order."""
+    values = list(terms.values())
+    out = values[0]
+    for value in values[1:]:
+        out = out + value
+    return out

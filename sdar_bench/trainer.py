@@ -36,6 +36,7 @@ from sdar_bench.config import RunSpec
 from sdar_bench.envs import make_env
 from sdar_bench.envs.base import Env, Task
 from sdar_bench.envs.mix import is_mix
+from sdar_bench.objectives import term_grad_norms
 from sdar_bench.policy import Policy
 from sdar_bench.policy.backend import RolloutBackend, make_backend
 from sdar_bench.policy.scoring import (
@@ -47,7 +48,7 @@ from sdar_bench.policy.scoring import (
 from sdar_bench.registry import Method, SampleInfo, get_method, get_method_class
 from sdar_bench.rollout import Episode, Turn, collect
 from sdar_bench.skills import MixRetriever, SkillRetriever, make_retriever
-from sdar_bench.token_view import TokenView
+from sdar_bench.token_view import TokenView, total
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -561,6 +562,9 @@ def _update(
     seen = torch.zeros(len(batch), dtype=torch.bool)
     gen = torch.Generator().manual_seed(spec.seed * 7_777 + step)
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
+    every = spec.train.term_norms_every
+    diagnose = every > 0 and step % every == 0 and not spec.policy.fsdp
+    term_norms: dict[str, float] = {}
     for _ in range(spec.train.ppo_epochs):
         order = torch.randperm(len(batch), generator=gen)
         mini = list(order.chunk(spec.train.mini_batches))
@@ -602,7 +606,11 @@ def _update(
                 fresh = ~seen[rows]
                 first_logp[rows[fresh]] = logp.detach()[fresh]
                 seen[rows] = True
-                loss, metrics = method.loss(micro)
+                terms, metrics = method.loss_terms(micro)
+                loss = total(terms)
+                if diagnose:  # once, on the step's first micro-batch: every term on one batch
+                    term_norms = term_grad_norms(terms, params)
+                    diagnose = False
                 share = (micro.mask.sum() / mb_tokens).item()
                 if not torch.isfinite(loss):
                     finite = False
@@ -637,6 +645,7 @@ def _update(
         for key, value in sums.items()
     }
     out["grad/norm"] = sum(grad_norms) / n_updates if grad_norms else math.nan
+    out |= term_norms  # this rank's first micro-batch (rank 0's is the one logged)
     out["nonfinite/skipped"] = skipped
     return out, first_logp
 

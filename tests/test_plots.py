@@ -53,8 +53,10 @@ def test_every_model_and_env_gets_validation_and_stability_png_and_pdf(
 def test_stability_panels_skip_metrics_no_run_logged() -> None:
     steps, turns = load_training_curves(FIXTURE)
     alfworld = (steps["env"] == "alfworld") & (steps["model"] == "Qwen/Qwen2.5-3B-Instruct")
-    # The fixture's runs predate |Δ| and the percentiles: no run logged them, so no panel.
+    # The fixture's runs predate |Δ|, the percentiles and the terms' gradient norms: no run
+    # logged them, so no panel.
     later = {"gap/abs_mean", "gap/q10", "gap/q90", "gate/q10", "gate/q90"}
+    later |= {"grad/pg", "grad/aux", "grad/kl", "grad/entropy"}
     assert later <= {name for name, _ in STABILITY_METRICS}
     all_panels = [name for name, _ in STABILITY_METRICS if name not in later] + [GAP_BY_TURN]
     assert stability_panels(steps[alfworld], turns[turns["env"] == "alfworld"]) == all_panels

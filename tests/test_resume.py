@@ -96,13 +96,13 @@ def test_non_finite_updates_in_a_row_fail_the_run_with_its_reason(tmp_path, monk
     # Fault injection: the method's loss turns NaN (what a diverging run produces), so every
     # update of every step is skipped.
     grpo = get_method_class("grpo")
-    real_loss = grpo.loss
+    real_terms = grpo.loss_terms
 
-    def nan_loss(self, view):  # noqa: ANN001
-        loss, metrics = real_loss(self, view)
-        return loss * float("nan"), metrics
+    def nan_terms(self, view):  # noqa: ANN001
+        terms, metrics = real_terms(self, view)
+        return {**terms, "pg": terms["pg"] * float("nan")}, metrics
 
-    monkeypatch.setattr(grpo, "loss", nan_loss)
+    monkeypatch.setattr(grpo, "loss_terms", nan_terms)
     result = execute_run(_spec("grpo"), tmp_path / "run")
     assert result["status"] == "failed"
     assert "2 steps in a row" in result["reason"] and "max_nonfinite_in_a_row" in result["reason"]

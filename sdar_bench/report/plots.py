@@ -7,9 +7,11 @@ min–max band shows the actual spread, where a ± std band would pretend to a d
 * ``validation_<env>_<model>``: the env's headline metric on the evaluation panel vs step
   (ALFWorld All, Search-QA Avg, WebShop Acc), from each run's ``eval.jsonl``;
 * ``stability_<env>_<model>``: the training diagnostics of SPEC §4 vs step from
-  ``metrics.jsonl`` (entropy, gradient norm, reward std within groups, KL to the reference,
-  teacher–student gap (mean, |Δ|, 10th and 90th percentiles), gate (mean, active ratio,
-  percentiles; on a fixed [0, 1] axis); a panel whose metric no run logged is left out) and the mean gap per turn index (``gap/by_turn`` averaged over a run's steps).
+  ``metrics.jsonl``: entropy, gradient norm and each loss term's, reward std within groups,
+  KL to the reference, the teacher–student gap (mean, |Δ|, 10th and 90th percentiles), the
+  gate (mean, active ratio, percentiles; on a fixed [0, 1] axis), and the mean gap per turn
+  index (``gap/by_turn`` averaged over a run's steps). A panel whose metric no run logged is
+  left out.
 
 The validation figure draws the runs of the table (failed runs left out); the stability figure
 also draws failed runs up to where they stopped, since that is where their cause shows.
@@ -47,6 +49,10 @@ def finished_runs(results_dir: Path) -> list[RunRecord]:
 STABILITY_METRICS: list[tuple[str, str]] = [
     ("entropy/mean", "entropy (token mean)"),
     ("grad/norm", "gradient norm (before clipping)"),
+    ("grad/pg", "‖∇ policy-gradient term‖ (1st micro-batch)"),
+    ("grad/aux", "‖∇ auxiliary term‖ (1st micro-batch)"),
+    ("grad/kl", "‖∇ KL term‖ (1st micro-batch)"),
+    ("grad/entropy", "‖∇ entropy term‖ (1st micro-batch)"),
     ("reward/std_in_group", "reward std within groups"),
     ("loss/kl", "KL to reference (k3)"),
     ("gap/mean", "teacher–student gap Δ (mean)"),
