@@ -134,17 +134,14 @@ def _attention_on(model: PreTrainedModel, keep: int) -> Iterator[None]:
     """``SCORING_ATTENTION`` for the pass, where the model is on "sdpa"."""
     config = getattr(model, "config", None)
     switch = getattr(model, "set_attn_implementation", None)
-    if switch is None or getattr(config, "_attn_implementation", None) != "sdpa":
-        token = _KEEP.set(keep)  # already switched by an outer pass, or another implementation
-        try:
-            yield
-        finally:
-            _KEEP.reset(token)
-        return
-    switch(SCORING_ATTENTION)
+    # not where an outer pass already switched it, nor on another implementation
+    switched = switch is not None and getattr(config, "_attn_implementation", None) == "sdpa"
+    if switched:
+        switch(SCORING_ATTENTION)
     token = _KEEP.set(keep)
     try:
         yield
     finally:
         _KEEP.reset(token)
-        switch("sdpa")
+        if switched:
+            switch("sdpa")
