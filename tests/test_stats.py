@@ -262,8 +262,28 @@ def test_single_seed_binary_cell_is_wilson() -> None:
     assert mean == 100.0 and high == 100.0 and low == pytest.approx(92.590, abs=1e-3)
 
 
+def test_replayed_seeds_count_as_one_for_the_interval() -> None:
+    """Three seeds that are one run played again (deterministic evaluation, as greedy Search-QA
+    of an untrained policy): the seed bootstrap would give a zero-width interval and call any Δ
+    certain; they get the single seed's (task-noise) interval instead."""
+    rng = np.random.default_rng(3)
+    a, b = 100.0 * (rng.random(96) < 0.12), 100.0 * (rng.random(96) < 0.16)
+    replayed = compare_paired([a] * 3, [b] * 3)
+    once = compare_paired([a], [b])
+    assert replayed.n == 3 and replayed.delta == pytest.approx(once.delta)
+    assert (replayed.ci_low, replayed.ci_high) == (once.ci_low, once.ci_high)
+    assert replayed.ci_high - replayed.ci_low > 5.0  # not a point: 96 tasks are noisy
+    # A cell likewise: Wilson over one seed's 96 tasks
+    assert mean_interval([a] * 3) == mean_interval([a])
+    # Seeds that differ task by task keep the seed bootstrap, even with equal means
+    swapped = np.roll(a, 1)
+    assert mean_interval([a, swapped, a]) == (a.mean(), a.mean(), a.mean())
+
+
 def test_cells_never_leave_bounds() -> None:
-    assert mean_interval([np.full(48, 100.0)] * 5) == (100.0, 100.0, 100.0)
+    # Five replays of one all-success run: one seed's Wilson interval, ending exactly at 100
+    mean, low, high = mean_interval([np.full(48, 100.0)] * 5)
+    assert mean == 100.0 and high == 100.0 and low == pytest.approx(92.590, abs=1e-3)
     # Four seeds at 100 and one at 40: mean 88, the t interval reaches past 100 unclipped.
     mean, low, high = mean_interval(seed_level([100, 100, 100, 100, 40]))
     assert mean == 88.0 and high == 100.0 and 0.0 <= low < 88.0

@@ -60,6 +60,12 @@ then measures evaluation noise only: it says nothing about how much another seed
 S = 1 with one seed-level value: no interval (NaN). The p-value is over seeds, so one seed
 gives p = 1.
 
+Seeds whose per-task values are identical, every one of them (for a comparison, in both A and
+B), are one run played again: the same weights evaluated deterministically, as greedy Search-QA
+evaluation of an untrained policy is. Their seed differences have no spread, so the seed
+bootstrap would give an interval of width 0 and call any Δ ≠ 0 certain; they count as S = 1 for
+the interval (the panel's evaluation noise), while ``n`` still reports every seed.
+
 Other quantities
 ----------------
 * p-value: two-sided sign-flip test over seeds. Under H0 (no difference) each m[s] is
@@ -186,6 +192,11 @@ def _paired_runs(
     return _as_runs(a, "a", bounds), _as_runs(b, "b", bounds)  # [S, J] each
 
 
+def _replicas(x: np.ndarray) -> bool:
+    """Whether the seeds of ``x`` [S, J] (S ≥ 2, J ≥ 2) hold the very same per-task values."""
+    return x.shape[0] >= 2 and x.shape[1] >= 2 and bool(np.all(x == x[:1]))
+
+
 # ---- bootstrap building blocks --------------------------------------------------------------
 def _resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Means of ``n_boot`` resamples (with replacement) of the 1-D array ``x``."""
@@ -269,7 +280,7 @@ def compare_paired(
     m = d.mean(axis=1)  # [S]
     delta = float(m.mean())
 
-    if n_seeds >= 2:
+    if n_seeds >= 2 and not (_replicas(xa) and _replicas(xb)):
         low, high = _t_interval(delta, m, level, n_boot, seed, normal=False)
     elif n_tasks >= 2:
         # One seed: only the tasks can be resampled; this is evaluation noise, not seed noise.
@@ -304,6 +315,8 @@ def mean_interval(
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2, got {n_boot}")
     x = _as_runs(values, "values", (lo, hi))  # [S, J]
+    if _replicas(x):  # one run played again: its interval is one seed's
+        x = x[:1]
     n_seeds, n_tasks = x.shape
     per_seed = x.mean(axis=1)  # [S]
     mean = float(per_seed.mean())
