@@ -414,9 +414,9 @@ def plan(
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for p, record in zip(plans, records, strict=True):
         warm = p.warmstart
-        if warm.startswith("to train"):
-            resume = warm.removeprefix("to train").strip(" ()")
-            resume = f"; {resume}" if resume else ""
+        if warm == "to train":
+            at = p.warmstart_resumes_at
+            resume = f"; resumes at step {at} of {p.spec.warmstart.steps}" if at else ""
             warm = f"[yellow]to train[/] (~{_duration(p.warmstart_seconds)} on 2 cores{resume})"
         groups.setdefault((p.spec.model, p.spec.env), []).append({
             "run": escape(p.spec.run_id.split("__", 2)[-1]),
@@ -458,7 +458,7 @@ def plan(
     gpu = sum(p.seconds for p in left if p.needs_gpu and p.data_ok)
     cpu = sum(p.seconds for p in left if not p.needs_gpu and p.data_ok)
     # one warm start serves every run of its (model, env, settings): count it once
-    warm_starts = {p.warmstart_name: p for p in left if p.warmstart.startswith("to train")}
+    warm_starts = {p.warmstart_name: p for p in left if p.warmstart == "to train"}
     warm_cpu = sum(p.warmstart_seconds for p in warm_starts.values())
     console.print(
         f"{len(left)} runs to do: about {_duration(cpu)} of CPU time and {_duration(gpu)} of GPU "

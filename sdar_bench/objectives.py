@@ -28,7 +28,6 @@ from sdar_bench.advantages import STD_EPS as STD_EPS
 from sdar_bench.advantages import group_advantages as group_advantages
 from sdar_bench.registry import MethodParams, SampleInfo
 from sdar_bench.token_view import TokenView, agg
-from sdar_bench.token_view import total as total
 
 KL_CLAMP = 10.0
 """The k3 KL estimate is clamped to [−KL_CLAMP, KL_CLAMP] (SPEC §2)."""
@@ -326,8 +325,8 @@ def _quantiles(name: str, values: torch.Tensor) -> dict[str, float]:
     """``{name}/q10`` … of ``values`` [n]; nothing when there are none (an empty batch)."""
     if values.numel() == 0:
         return {}
-    levels = torch.tensor(QUANTILES, dtype=values.dtype, device=values.device)
-    qs = torch.quantile(values.float(), levels.float()).tolist()
+    levels = torch.tensor(QUANTILES, device=values.device)
+    qs = torch.quantile(values.float(), levels).tolist()
     return {f"{name}/q{round(level * 100)}": q for level, q in zip(QUANTILES, qs, strict=True)}
 
 

@@ -42,11 +42,10 @@ class RunPlan:
     data: str
     flops: float  # upper bound: every episode runs to max_turns
     seconds: float  # rough wall time on the device it needs
-    warmstart: str = (
-        "–"  # tiny models: "shipped", "cached" or "to train[ (resumes at step k of N)]"
-    )
+    warmstart: str = "–"  # tiny models: "shipped", "cached" or "to train"
     warmstart_seconds: float = 0.0  # rough time to train it where it is "to train"
     warmstart_name: str = ""  # its checkpoint name: one warm start serves every run sharing it
+    warmstart_resumes_at: int = 0  # "to train" after a kill: the step it resumes at (0: start)
     data_problems: tuple[str, ...] = ()  # every dataset it lacks, one line each
 
     @property
@@ -96,8 +95,16 @@ def plan_suite(suite: SuiteSpec, results: Path) -> list[RunPlan]:
             )
             seconds = flops / rate + decode_steps * decode_s
         state = run_state(results / "runs" / spec.run_id, spec)
-        warm = ("–", 0.0, "") if isinstance(env, str) else _warm_start_state(spec, env, model)
-        plans.append(RunPlan(spec, state, model, data_ok, data, flops, seconds, *warm, missing))
+        warm, warm_s, warm_name, resumes_at = (
+            ("–", 0.0, "", 0) if isinstance(env, str) else _warm_start_state(spec, env, model)
+        )
+        plans.append(
+            RunPlan(
+                spec, state, model, data_ok, data, flops, seconds,
+                warmstart=warm, warmstart_seconds=warm_s, warmstart_name=warm_name,
+                warmstart_resumes_at=resumes_at, data_problems=missing,
+            )
+        )  # fmt: skip
     return plans
 
 
@@ -134,24 +141,23 @@ def missing_data(spec: RunSpec, env_error: str) -> list[str]:
     return lines
 
 
-def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float, str]:
-    """Where a tiny model's warm start comes from, roughly how long it takes to train, and its
-    checkpoint name."""
+def _warm_start_state(spec: RunSpec, env: Env, model: ModelInfo) -> tuple[str, float, str, int]:
+    """Where a tiny model's warm start comes from, roughly how long it takes to train, its
+    checkpoint name, and the step a killed training of it resumes at (0: none)."""
     from sdar_bench.policy.tiny import TINY_MODELS, tiny_model_dirname
     from sdar_bench.warmstart import SHIPPED, checkpoint_name, find_warm_start, resume_step
 
     if spec.model not in TINY_MODELS or not spec.warmstart.enabled:
-        return "–", 0.0, ""
+        return "–", 0.0, "", 0
     model_dir = tiny_model_dirname(spec.model, spec.env)
     name = checkpoint_name(spec, model_dir)
     found = find_warm_start(spec, model_dir)
     if found is not None:
-        return ("shipped" if found.parent == SHIPPED else "cached"), 0.0, name
+        return ("shipped" if found.parent == SHIPPED else "cached"), 0.0, name, 0
     ws = spec.warmstart
     done = resume_step(spec, model_dir)  # a killed warm start resumes where it stopped
     tokens = (ws.steps - done) * ws.batch_size * _tokens_per_turn(spec, env)
-    state = f"to train (resumes at step {done} of {ws.steps})" if done else "to train"
-    return state, 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS, name
+    return "to train", 6 * (model.params or 0.0) * tokens / CPU_SFT_FLOPS, name, done
 
 
 def _tokens_per_turn(spec: RunSpec, env: Env) -> float:

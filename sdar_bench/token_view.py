@@ -8,6 +8,8 @@ response token (the teacher's K most likely tokens), for the full-vocabulary div
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, replace
 
 import torch
@@ -67,8 +69,4 @@ def agg(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     """A loss from its weighted terms (``Method.loss_terms``): their sum, in their order."""
-    values = list(terms.values())
-    out = values[0]
-    for value in values[1:]:
-        out = out + value
-    return out
+    return functools.reduce(operator.add, terms.values())

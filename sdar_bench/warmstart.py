@@ -28,8 +28,8 @@ from sdar_bench.skills import make_retriever
 if TYPE_CHECKING:
     from sdar_bench.policy.model import Policy
 
-WARMSTART_SPLIT = "warmstart"
-RESUMED_FILE = "resumed.json"  # in a trained warm start: the steps a killed training resumed at  # its own split: never overlaps the train stream or the eval panel
+WARMSTART_SPLIT = "warmstart"  # its own split: never overlaps the train stream or the eval panel
+RESUMED_FILE = "resumed.json"  # in a trained warm start: the steps a killed training resumed at
 
 
 def expert_samples(
@@ -115,8 +115,8 @@ def warm_start(
     found = find_warm_start(spec, model_dir)
     if found is not None:
         return found, True
-    path = cache_dir() / "warmstart" / checkpoint_name(spec, model_dir)
     partial = partial_dir(spec, model_dir)  # a killed warm start resumes from the last checkpoint
+    path = partial.with_suffix("")  # where the finished warm start goes
     with warmstart_lock(partial):
         found = find_warm_start(spec, model_dir)  # another process may have finished it
         if found is not None:
@@ -200,22 +200,26 @@ def partial_dir(spec: RunSpec, model_dir: str) -> Path:
 
 
 def _checkpoints(partial: Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every ``checkpoint-<step>`` in ``partial``, oldest first, and
-    whether complete or not (the Trainer writes ``trainer_state.json`` last)."""
+    """``(step, folder)`` of every ``checkpoint-<step>`` in ``partial``, oldest first."""
     found = [(d.name.rsplit("-", 1)[-1], d) for d in partial.glob("checkpoint-*")]
     return sorted((int(step), d) for step, d in found if step.isdigit())
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint`` (it writes its state file last)."""
+    return (checkpoint / "trainer_state.json").exists()
 
 
 def resume_step(spec: RunSpec, model_dir: str) -> int:
     """The step an unfinished warm start of ``spec`` would resume at on this machine (0: none)."""
     done = _checkpoints(partial_dir(spec, model_dir))
-    return max((step for step, d in done if (d / "trainer_state.json").exists()), default=0)
+    return max((step for step, d in done if _complete(d)), default=0)
 
 
 def _last_complete_checkpoint(partial: Path) -> str | None:
     """The newest checkpoint in ``partial`` that the Trainer finished writing; a torn one, from
     a process killed while saving, is removed."""
     done = [d for _, d in _checkpoints(partial)]
-    while done and not (done[-1] / "trainer_state.json").exists():
+    while done and not _complete(done[-1]):
         shutil.rmtree(done.pop(), ignore_errors=True)
     return str(done[-1]) if done else None

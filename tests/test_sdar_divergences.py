@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from sdar_bench import TokenView, get_method, method_names
-from sdar_bench.config import EvalSpec, RunSpec, TrainSpec, WarmStartSpec
 from sdar_bench.objectives import renormalised
 from sdar_bench.policy.scoring import (
     response_logprobs,
@@ -275,53 +274,25 @@ def test_topk_scoring_in_chunks_matches_one_pass_and_caps_k_at_vocab(tiny_policy
 # --------------------------------------------------------------------------- end to end
 
 
-def _one_step(**method_params) -> dict:
-    """One real training step of the trainer tests' tiny SDAR run (tests/test_rollout_trainer.py)
-    with two mini-batches of micro-batches of 4: the old log-probs get their own pass, the view is
-    split by rows, and the first turns' copies share one prompt pass. No evaluation."""
-    from sdar_bench.policy import load_policy
-    from sdar_bench.trainer import setup, train_step
-
-    spec = RunSpec(
-        model="tiny-qwen-1m",
-        env="alfworld",
-        env_params={"max_turns": 3},
-        method="sdar",
-        method_params=method_params,
-        seed=0,
-        train=TrainSpec(
-            steps=1,
-            tasks_per_step=2,
-            group_size=2,
-            lr=1e-3,
-            max_new_tokens=8,
-            mini_batches=2,
-            micro_batch_size=4,
-        ),
-        eval=EvalSpec(every=2, panel=3),
-        warmstart=WarmStartSpec(enabled=False),
-    )
-    torch.manual_seed(spec.seed)  # as execute_run does
-    policy = load_policy(spec.model, env=spec.env)
-    torch.manual_seed(spec.seed)
-    return train_step(setup(spec, policy), 0)
-
-
-def test_one_step_training_with_forward_full() -> None:
-    row = _one_step(divergence="forward_full", topk=16)
+def test_one_step_training_with_forward_full(tiny_sdar_step) -> None:
+    # two mini-batches of micro-batches of 4: the old log-probs get their own pass, the view is
+    # split by rows, and the first turns' copies share one prompt pass
+    row, _ = tiny_sdar_step({"divergence": "forward_full", "topk": 16}, mini_batches=2)
     assert row["nonfinite/skipped"] == 0
     for key in ("loss/aux", "divergence/mean", "grad/norm", "loss/kl", "gap/mean"):
         assert math.isfinite(row[key]), key
     assert row["loss/aux"] > 0 and row["divergence/mean"] > 0
 
 
-def test_reverse_sampled_default_gives_the_numbers_it_gave_before_the_ablation() -> None:
+def test_reverse_sampled_default_gives_the_numbers_it_gave_before_the_ablation(
+    tiny_sdar_step,
+) -> None:
     """The same step as logged before the full-vocabulary divergences existed (commit cde8ce1;
     equal to the last bit on the machine that recorded them). The tolerance only forgives float
     rounding across CPU kernels and thread counts: fp32 log-probs near -5 carry about 5e-7 of
     it, and a mean gap near zero has no relative precision, hence abs 1e-6 (the scoring passes'
     GQA attention moved gap/mean by 5.5e-8)."""
-    row = _one_step()
+    row, _ = tiny_sdar_step({}, mini_batches=2)
     assert "divergence/mean" not in row
     before = {
         "loss/aux": 0.0778734929551852,

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from sdar_bench.config import EvalSpec, RunSpec, TrainSpec, WarmStartSpec
+from sdar_bench.config import RunSpec, TrainSpec
 from sdar_bench.objectives import term_grad_norms
 from sdar_bench.registry import get_method
+from sdar_bench.token_view import TokenView
 
 
 def test_term_grad_norms_by_hand() -> None:
@@ -32,8 +33,6 @@ def test_every_training_method_splits_its_loss_into_terms_that_sum_to_it() -> No
     g = torch.Generator().manual_seed(0)
     B, T = 3, 4
     logp = torch.randn(B, T, generator=g).clamp(max=-0.1).requires_grad_()
-    from sdar_bench.token_view import TokenView
-
     view = TokenView(
         mask=torch.ones(B, T),
         logp=logp,
@@ -61,42 +60,14 @@ def test_every_training_method_splits_its_loss_into_terms_that_sum_to_it() -> No
         get_method("vanilla").loss_terms(view)
 
 
-def _first_step(method_params: dict, term_norms_every: int) -> tuple[dict, list[torch.Tensor]]:
-    """One real SDAR step of a tiny run; its metrics and the parameters after it."""
-    from sdar_bench.policy import load_policy
-    from sdar_bench.trainer import setup, train_step
-
-    spec = RunSpec(
-        model="tiny-qwen-1m",
-        env="alfworld",
-        env_params={"max_turns": 3},
-        method="sdar",
-        method_params=method_params,
-        seed=0,
-        train=TrainSpec(
-            steps=1,
-            tasks_per_step=2,
-            group_size=2,
-            lr=1e-3,
-            max_new_tokens=8,
-            micro_batch_size=4,
-            term_norms_every=term_norms_every,
-        ),
-        eval=EvalSpec(every=2, panel=3),
-        warmstart=WarmStartSpec(enabled=False),
-    )
-    torch.manual_seed(spec.seed)
-    policy = load_policy(spec.model, env=spec.env)
-    torch.manual_seed(spec.seed)
-    state = setup(spec, policy)
-    metrics = train_step(state, 0)
-    return metrics, [p.detach().clone() for p in policy.model.parameters()]
-
-
-def test_a_training_step_logs_each_terms_gradient_norm_and_trains_the_same() -> None:
-    one, params_one = _first_step({"coef": 0.01, "beta": 5.0}, term_norms_every=1)
-    double, _ = _first_step({"coef": 0.02, "beta": 5.0}, term_norms_every=1)
-    off, params_off = _first_step({"coef": 0.01, "beta": 5.0}, term_norms_every=0)
+def test_a_training_step_logs_each_terms_gradient_norm_and_trains_the_same(
+    tiny_sdar_step,
+) -> None:
+    one, policy_one = tiny_sdar_step({"coef": 0.01, "beta": 5.0}, term_norms_every=1)
+    double, _ = tiny_sdar_step({"coef": 0.02, "beta": 5.0}, term_norms_every=1)
+    off, policy_off = tiny_sdar_step({"coef": 0.01, "beta": 5.0}, term_norms_every=0)
+    params_one = list(policy_one.model.parameters())
+    params_off = list(policy_off.model.parameters())
     for key in ("grad/entropy", "grad/aux", "grad/terms"):
         assert one[key] > 0, key
     # Before the first update the policy is its reference: the k3 KL's gradient, e^x − 1 at

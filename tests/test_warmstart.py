@@ -19,6 +19,7 @@ from sdar_bench.warmstart import (
     checkpoint_name,
     expert_samples,
     find_warm_start,
+    resume_step,
     warm_start,
 )
 
@@ -114,6 +115,7 @@ def test_a_killed_warm_start_resumes_from_its_last_checkpoint(tmp_path, monkeypa
             assert find_warm_start(spec, model_dir) is None  # nothing half-trained is "found"
             partial = tmp_path / cache / "warmstart" / f"{checkpoint_name(spec, model_dir)}.partial"
             assert [d.name for d in partial.glob("checkpoint-*")] == ["checkpoint-4"]
+            assert resume_step(spec, model_dir) == 4  # what `plan` says it resumes at
             policy = load_policy(spec.model, env=spec.env)  # a new process: fresh weights
         path, found = warm_start(policy, env, spec, model_dir)
         assert not found and not path.with_name(path.name + ".partial").exists()

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from sdar_bench.policy.padding import left_padded
 from sdar_bench.policy.scoring import distinct_rows, shared_prompt_cache
 
 if TYPE_CHECKING:
@@ -202,12 +203,8 @@ class TransformersBackend:
                 ]
             longest = max(len(p) for p in prompts) + (config.max_new_tokens or 0)
             config.max_cache_len = bucket(longest, 64)
-        P = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, p in enumerate(prompts):
-            input_ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, P - len(p) :] = 1
+        input_ids, attention = left_padded(prompts, self.pad_id)  # [B, P] each
+        P = input_ids.shape[1]
         device = self.model.device
         owners, inverse = distinct_rows(prompts)
         extra = {}

@@ -21,6 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from sdar_bench.policy.last_layer import last_layer_on
+from sdar_bench.policy.padding import left_padded
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -45,6 +46,10 @@ class PrefixPlan:
     owners: list[int]
     inverse: torch.Tensor  # [B] long
     shared: list[int]  # [U] prefix lengths, 1 ≤ shared[u] < len(prompt) of its rows
+
+    def cut(self, row: int) -> int:
+        """How many of ``row``'s prompt tokens its shared prefix holds."""
+        return self.shared[int(self.inverse[row])]
 
     def saved_tokens(self) -> int:
         """Prompt tokens not recomputed: each prefix runs once instead of once per row."""
@@ -125,7 +130,7 @@ def prefix_order(prompts: Sequence[Sequence[int]], plan: PrefixPlan) -> list[int
     inverse = plan.inverse.tolist()
     return sorted(
         range(len(prompts)),
-        key=lambda i: (len(prompts[i]) - plan.shared[inverse[i]], inverse[i], prompts[i]),
+        key=lambda i: (len(prompts[i]) - plan.cut(i), inverse[i], prompts[i]),
     )
 
 
@@ -164,10 +169,11 @@ def run_with_cache(
     attention: torch.Tensor,
     keep: int,
 ) -> CausalLMOutputWithPast | None:
-    """One no-grad forward pass of ``ids`` [B, L] with ``attention`` [B, L] after the cached
-    ``past`` [B, Lc] (mask), the last ``keep`` positions' logits kept. Positions count real
-    tokens only, so padding may sit anywhere. Returns the model's output; None where the model
-    kept no cache (gradient checkpointing in training mode)."""
+    """One forward pass of ``ids`` [B, L] with ``attention`` [B, L] after the cached ``past``
+    [B, Lc] (mask), the last ``keep`` positions' logits kept; without gradients the last layer
+    works on those positions only (``last_layer_on``). Positions count real tokens only, so
+    padding may sit anywhere. Returns the model's output; None where the model kept no cache
+    (gradient checkpointing in training mode)."""
     full = torch.cat([past, attention], dim=1)  # [B, Lc+L]
     positions = (full.cumsum(-1) - 1).clamp(min=0)[:, past.shape[1] :]  # [B, L]
     device = model.device
@@ -194,12 +200,11 @@ def run_prefixes(
 ) -> PrefixCache | None:
     """Run each prefix of ``plan`` once, ``chunk`` prefixes at a time; None where the model
     kept no cache (gradient checkpointing in training mode)."""
-    U, Lp = len(plan.owners), max(plan.shared)
-    ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # [U, Lp]
-    attention = torch.zeros((U, Lp), dtype=torch.long)  # [U, Lp]
-    for u, (row, length) in enumerate(zip(plan.owners, plan.shared, strict=True)):
-        ids[u, Lp - length :] = torch.tensor(prompts[row][:length], dtype=torch.long)
-        attention[u, Lp - length :] = 1
+    U = len(plan.owners)
+    ids, attention = left_padded(  # [U, Lp] each
+        [prompts[row][:length] for row, length in zip(plan.owners, plan.shared, strict=True)],
+        pad_id,
+    )
     keys: list[list[torch.Tensor]] = []
     values: list[list[torch.Tensor]] = []
     for start in range(0, U, chunk):

@@ -6,8 +6,8 @@ longer, the response columns line up with the student's. Logits are computed onl
 R positions that predict response tokens (``logits_to_keep``), which matters for large vocabularies.
 Prompts that share prefixes (the teacher's skill block, a task's text, agreeing history, the G
 copies of a first turn) can have each run once for the whole batch (``share_prefix``, see
-``prefixes.py``), and a no-grad pass skips the last layer's MLP where no logit is read
-(``last_layer_on``).
+``prefixes.py``), and a no-grad pass skips the last layer's attention and MLP where no logit
+is read (``last_layer_on``).
 On request the same pass also keeps a token's top-k vocabulary entries (the teacher side of
 SDAR's full-vocabulary divergences) or gathers log-probs at given ids (the student side).
 """
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 from sdar_bench.policy.last_layer import last_layer_on
+from sdar_bench.policy.padding import left_padded
 from sdar_bench.policy.prefixes import (
     PrefixCache,
     like_widths,
@@ -74,30 +75,20 @@ def shared_prompt_cache(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention: torch.Tensor,
-    inverse: torch.Tensor | None,
+    inverse: torch.Tensor,
 ) -> tuple[DynamicCache, torch.Tensor] | None:
     """Run the distinct left-padded prompts ``input_ids`` [U, P] once and repeat their KV cache
-    to the rows of ``inverse`` [B] (None: keep the U rows as they are); returns the cache and the last position's logits [U, V],
+    to the rows of ``inverse`` [B]; returns the cache and the last position's logits [U, V],
     or None where the model kept no cache (gradient checkpointing in training mode).
 
     Differentiable when gradients are on: the copies' gradients add up in the shared prompt.
     """
-    device = model.device
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    with last_layer_on(model, 1):
-        out = model(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            position_ids=position_ids.to(device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    if cache.get_seq_length() != input_ids.shape[1]:
+    nothing = attention[:, :0]  # [U, 0]: no cache before the prompts
+    out = run_with_cache(model, cache, nothing, input_ids, attention, keep=1)
+    if out is None:
         return None
-    if inverse is not None:
-        cache.batch_select_indices(inverse.to(device))
+    cache.batch_select_indices(inverse.to(model.device))
     return cache, out.logits[:, -1]
 
 
@@ -113,12 +104,7 @@ def _shared_prompt_logits(
     owners, inverse = distinct_rows(prompts)
     if len(owners) == len(prompts) or getattr(model, "is_gradient_checkpointing", False):
         return None
-    P = max(len(prompts[i]) for i in owners)
-    input_ids = torch.full((len(owners), P), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(owners), P), dtype=torch.long)
-    for row, i in enumerate(owners):
-        input_ids[row, P - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
-        attention[row, P - len(prompts[i]) :] = 1
+    input_ids, attention = left_padded([prompts[i] for i in owners], pad_id)  # [U, P] each
     shared = shared_prompt_cache(model, input_ids, attention, inverse)
     if shared is None:
         return None
@@ -159,8 +145,7 @@ def _rest_logits(
     and positions count real tokens only), then the response right-padded to R.
     """
     cache, prefix_att = prefixes.for_rows(rows)  # prefix_att [B, Lc]
-    plan = prefixes.plan
-    cut = [plan.shared[int(plan.inverse[i])] for i in rows]
+    cut = [prefixes.plan.cut(i) for i in rows]
     Ls = max(len(prompts[i]) - c for i, c in zip(rows, cut, strict=True))
     R = max(max((len(responses[i]) for i in rows), default=0), 1)
     B = len(rows)
@@ -352,7 +337,7 @@ def score_topk_in_chunks(
         if plan is not None and len(plan.owners) * max(plan.shared) <= budget:
             prefixes = run_prefixes(model, prompts, plan, pad_id, chunk)
     if plan is not None:  # runs of like rest lengths, in prefix_order (sorted by them)
-        rests = [len(p) - plan.shared[int(u)] for p, u in zip(prompts, plan.inverse, strict=True)]
+        rests = [len(p) - plan.cut(i) for i, p in enumerate(prompts)]
         chunks = like_widths(prefix_order(prompts, plan), rests, chunk)
     else:
         order = by_prompt(prompts)
